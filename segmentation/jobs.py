@@ -1,0 +1,91 @@
+"""Run one function over many items in worker processes, recording failures.
+
+Shared by the batch stages (``segment``, ``crop``): a failing item never stops
+the run, it comes back as a :class:`JobResult` with ``ok=False`` and the error
+text, so the caller can record it and go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    """Outcome of one item: its value or its error, and the seconds it took."""
+
+    item: Any
+    value: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> JobResult:
+    t0 = time.perf_counter()
+    try:
+        value = fn(item)
+    except Exception as e:  # noqa: BLE001 - recorded, the batch goes on
+        log.debug("item %r failed:\n%s", item, traceback.format_exc())
+        return JobResult(item, error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
+    return JobResult(item, value=value, seconds=time.perf_counter() - t0)
+
+
+def run_jobs(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    workers: int = 1,
+    desc: str | None = None,
+    total: int | None = None,
+) -> Iterator[JobResult]:
+    """Apply ``fn`` to each item; yield a :class:`JobResult` per item as it finishes.
+
+    Parameters
+    ----------
+    fn : callable
+        A picklable (module-level) function of one argument.
+    items : iterable
+        Work items; consumed lazily, at most ``2 * workers`` in flight.
+    workers : int
+        ``<= 1`` runs in this process (no pickling, easy to debug).
+    desc : str, optional
+        Progress bar label (tqdm, hidden when not a terminal).
+    """
+    items = iter(items)
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    bar = tqdm(total=total, desc=desc, disable=None, unit="img")
+    try:
+        if workers <= 1:
+            for item in items:
+                res = _call(fn, item)
+                bar.update()
+                yield res
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            pending = set()
+            for item in items:
+                pending.add(pool.submit(_call, fn, item))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        bar.update()
+                        yield fut.result()
+            for fut in pending:
+                bar.update()
+                yield fut.result()
+    finally:
+        bar.close()

@@ -1,0 +1,78 @@
+"""YAML configuration validated by pydantic; CLI flags override; the resolved config is saved.
+
+Every configurable command has a pydantic model (``extra="forbid"``, so a typo
+in a YAML key is an error, not a silent default). :func:`load_config` merges,
+in increasing priority: the model defaults, the YAML file, the CLI overrides
+(``None`` values are ignored, so unset flags keep the file's value).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration file or override; the message names the file."""
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(model: type[T], path: str | os.PathLike | None = None, **overrides: Any) -> T:
+    """Build a config from defaults, an optional YAML file and CLI overrides.
+
+    Examples
+    --------
+    >>> class C(StrictModel):
+    ...     epochs: int = 1
+    >>> load_config(C, epochs=3).epochs
+    3
+    >>> load_config(C, epochs=None).epochs
+    1
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        data = loaded
+    data = _deep_update(data, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}invalid configuration:\n{e}") from None
+
+
+def save_config(config: BaseModel, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (atomically) beside the outputs."""
+    from segmentation.io import atomic_write_bytes
+
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return atomic_write_bytes(path, text.encode())
