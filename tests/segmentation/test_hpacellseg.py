@@ -1,0 +1,184 @@
+"""The hpacellseg adapter, driven by a tiny stand-in model of the same interface."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hpacellseg_standin import NotAModule, StandInUNet
+
+from segmentation.backends import get_backend
+from segmentation.backends.hpacellseg import (
+    CELL_ENV,
+    NUCLEI_ENV,
+    HpaCellSegBackend,
+    ModelFileError,
+    label_cells,
+)
+
+# Size filters for the small synthetic images (the published ones are for 2048 px HPA images).
+SMALL = dict(min_nucleus_size=100, min_cell_size=400, closing_radius=3)
+CELLS = [((60, 64), (40, 32)), ((60, 122), (40, 30)), ((140, 200), (34, 40))]  # (cy, cx), (ry, rx)
+
+
+def synth(h: int = 192, w: int = 256) -> np.ndarray:
+    """Three cells (red + yellow ellipses, a blue nucleus each); the first two touch."""
+    img = np.zeros((4, h, w), np.uint8)
+    for (cy, cx), (ry, rx) in CELLS:
+        cv2.ellipse(img[0], (cx, cy), (rx, ry), 0, 0, 360, 150, -1)
+        cv2.ellipse(img[3], (cx, cy), (rx, ry), 0, 0, 360, 120, -1)
+        cv2.circle(img[2], (cx, cy), 16, 220, -1)
+    img[1] = img[0] // 3
+    return img
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("models")
+    torch.save(StandInUNet(), d / "nuclei.pth")
+    torch.save(torch.nn.DataParallel(StandInUNet()), d / "cell.pth")  # published files may be wrapped
+    return d / "nuclei.pth", d / "cell.pth"
+
+
+@pytest.fixture(scope="module")
+def backend(models) -> HpaCellSegBackend:
+    return HpaCellSegBackend(*models, device="cpu", batch_size=2, **SMALL)
+
+
+def _check_consistent(cells: np.ndarray, nuclei: np.ndarray) -> None:
+    ids = np.unique(cells[cells > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))  # 1..N
+    assert not np.any((nuclei > 0) & (nuclei != cells))  # a nucleus carries its cell's id
+    assert set(np.unique(nuclei[nuclei > 0])) == set(ids)  # every cell has its nucleus
+
+
+def test_loads_standin_unwraps_dataparallel_and_logs(models, caplog):
+    with caplog.at_level(logging.INFO, logger="segmentation.backends.hpacellseg"):
+        b = get_backend("hpacellseg", nuclei_model=models[0], cell_model=models[1], device="cpu")
+    assert isinstance(b.cell_model, StandInUNet) and isinstance(b.nuclei_model, StandInUNet)
+    assert not b.cell_model.training and b.device == "cpu" and not b.uses_gpu
+    assert "weights_only=False" in caplog.text and str(models[1]) in caplog.text
+
+
+def test_non_square_round_trip(backend):
+    img = synth()  # 192 x 256: scaled 48 x 64, padded to 64 x 64
+    cells, nuclei = backend.segment(img)
+    assert cells.shape == nuclei.shape == img.shape[1:]
+    _check_consistent(cells, nuclei)
+    assert cells.max() == len(CELLS)
+    centres = [cells[cy, cx] for (cy, cx), _ in CELLS]
+    assert sorted(centres) == [1, 2, 3]  # each drawn cell is its own instance, in the right place
+    for (cy, cx), (ry, rx) in CELLS:
+        lab = cells[cy, cx]
+        drawn = np.zeros(img.shape[1:], np.uint8)
+        cv2.ellipse(drawn, (cx, cy), (rx, ry), 0, 0, 360, 1, -1)
+        inside = (cells == lab)[drawn > 0].mean()
+        assert inside > 0.85  # covers the drawn cell (the touching neighbour takes a sliver)
+        assert nuclei[cy, cx] == lab
+    # The transposed image gives the transposed segmentation: width and height are not swapped anywhere.
+    t_cells, _ = backend.segment(np.ascontiguousarray(img.transpose(0, 2, 1)))
+    assert t_cells.shape == (256, 192)
+    assert ((t_cells.T > 0) != (cells > 0)).mean() < 0.01
+
+
+def test_batches_mixed_sizes_and_16bit(backend):
+    img = synth()
+    img16 = img.astype(np.uint16) * 16  # 12-bit data in 16-bit files
+    small = synth(160, 224)
+    backend.cell_model.calls.clear()
+    results = backend.segment_batch([img, img16, small])
+    assert [c.shape for c, _ in results] == [(192, 256), (192, 256), (160, 224)]
+    assert [c[0] for c in backend.cell_model.calls] == [2, 1]  # batch_size=2 on the device
+    single, _ = backend.segment(img)
+    np.testing.assert_array_equal(results[0][0], single)
+    c16 = results[1][0]
+    assert c16.max() == single.max() and ((c16 > 0) != (single > 0)).mean() < 0.01
+    for cells, nuclei in results:
+        _check_consistent(cells, nuclei)
+
+
+def test_all_dark_image_gives_empty_masks(backend):
+    cells, nuclei = backend.segment(np.zeros((4, 96, 128), np.uint8))
+    assert cells.shape == (96, 128) and cells.max() == 0 and nuclei.max() == 0
+
+
+def test_size_filters_drop_small_cells(models):
+    b = HpaCellSegBackend(*models, device="cpu", min_nucleus_size=100, min_cell_size=50_000)
+    cells, nuclei = b.segment(synth())
+    assert cells.max() == 0 and nuclei.max() == 0
+
+
+def test_label_cells_grows_from_nuclei_into_border_zone():
+    h, w = 120, 200
+    yy, xx = np.mgrid[:h, :w]
+    nuc_fg = (((yy - 60) ** 2 + (xx - 50) ** 2) < 15**2) | (((yy - 60) ** 2 + (xx - 150) ** 2) < 15**2)
+    cell_fg = (np.abs(yy - 60) < 40) & (np.abs(xx - 100) < 90)
+    cell_border = (np.abs(xx - 100) < 3) & cell_fg  # a touching border between the two cells
+    zeros = np.zeros((h, w), np.float32)
+    cells, nuclei = label_cells(
+        nuc_fg.astype(np.float32), zeros, cell_fg.astype(np.float32), cell_border.astype(np.float32), **SMALL
+    )
+    assert cells.max() == 2 and cells[60, 50] != cells[60, 150]
+    assert (cells > 0).sum() == cell_fg.sum()  # the border zone was grown into
+    _check_consistent(cells, nuclei)
+
+
+def test_missing_weights_error_says_where_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.delenv(NUCLEI_ENV, raising=False)
+    monkeypatch.delenv(CELL_ENV, raising=False)
+    with pytest.raises(ModelFileError) as e:
+        HpaCellSegBackend(nuclei_model=tmp_path / "nope.pth", cell_model=tmp_path / "nope2.pth")
+    msg = str(e.value)
+    assert (
+        "nope.pth" in msg
+        and "4665863" in msg
+        and "dpn_unet_nuclei_v1.pth" in msg
+        and "never downloads" in msg
+    )
+    with pytest.raises(ModelFileError, match="--nuclei-model"):
+        HpaCellSegBackend()
+
+
+def test_env_vars_are_the_default_paths(models, monkeypatch):
+    monkeypatch.setenv(NUCLEI_ENV, str(models[0]))
+    monkeypatch.setenv(CELL_ENV, str(models[1]))
+    assert HpaCellSegBackend(device="cpu").nuclei_model is not None
+
+
+def test_a_file_that_is_not_a_module_is_rejected(tmp_path, models):
+    bad = tmp_path / "state.pth"
+    torch.save(StandInUNet().state_dict(), bad)
+    with pytest.raises(ModelFileError, match="whole pickled torch module"):
+        HpaCellSegBackend(nuclei_model=bad, cell_model=models[1], device="cpu")
+    other = tmp_path / "other.pth"
+    other.write_bytes(pickle.dumps(NotAModule()))
+    with pytest.raises(ModelFileError, match="other.pth"):
+        HpaCellSegBackend(nuclei_model=models[0], cell_model=other, device="cpu")
+
+
+# --------------------------------------------------------------------------- real weights
+def _real_weights() -> tuple[str, str] | None:
+    paths = os.environ.get(NUCLEI_ENV), os.environ.get(CELL_ENV)
+    return paths if all(p and Path(p).is_file() for p in paths) else None  # type: ignore[return-value]
+
+
+@pytest.mark.hpacellseg_weights
+@pytest.mark.skipif(_real_weights() is None, reason=f"set {NUCLEI_ENV} and {CELL_ENV} to the model files")
+def test_real_weights_match_reference_masks(hpa2021, real_ids):
+    from segmentation.io import read_image_set, read_mask
+    from segmentation.matching import segmentation_scores
+
+    b = HpaCellSegBackend(*_real_weights(), device="auto", batch_size=2)
+    images = [read_image_set(hpa2021 / "images", i) for i in real_ids[:2]]
+    for image_id, (cells, nuclei) in zip(real_ids, b.segment_batch(images), strict=False):
+        ref = read_mask(hpa2021 / "masks" / f"{image_id}_cellmask.png")
+        assert cells.shape == ref.shape
+        _check_consistent(cells, nuclei)
+        scores = segmentation_scores(cells, ref, iou_threshold=0.6)
+        assert scores.recall > 0.8 and scores.precision > 0.8, (image_id, scores)
