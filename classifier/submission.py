@@ -1,0 +1,211 @@
+"""The Kaggle 2021 submission CSV: build, write and parse.
+
+Format (as ``sample_submission.csv`` of the competition)::
+
+    ID,ImageWidth,ImageHeight,PredictionString
+    <id>,2048,2048,<class> <confidence> <mask> <class> <confidence> <mask> ...
+
+``mask`` is ``base64(zlib(COCO compressed RLE counts))`` of the full-image
+binary mask of one cell (:mod:`classifier.rle`). A cell appears once per class
+it is scored for, with the same mask string. An image without cells has an
+empty ``PredictionString``; every image of the ID list has a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segmentation.io import atomic_write_bytes
+
+HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
+
+
+class SubmissionError(ValueError):
+    """A malformed submission file; the message names the file and the row."""
+
+
+@dataclass
+class ImagePrediction:
+    """Predictions of one image: parallel arrays of class, confidence and mask string."""
+
+    image_id: str
+    width: int
+    height: int
+    classes: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    masks: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+def format_confidence(value: float) -> str:
+    """Confidence as short text that keeps the ranking (6 significant digits).
+
+    Examples
+    --------
+    >>> format_confidence(0.123456789), format_confidence(1.0)
+    ('0.123457', '1')
+    """
+    return format(float(value), ".6g")
+
+
+def prediction_string(
+    masks: Sequence[str], scores: np.ndarray, classes: Sequence[int] | None = None, min_score: float = 0.0
+) -> str:
+    """``PredictionString`` of one image.
+
+    Parameters
+    ----------
+    masks : sequence of str
+        One encoded mask per cell (each encoded once).
+    scores : (n_cells, C) array
+        Confidence of each cell for each class.
+    classes : sequence of int, optional
+        Class ids to write per cell (default: all ``C``).
+    min_score : float
+        Triples with a confidence below this are left out (0 keeps all).
+
+    Examples
+    --------
+    >>> prediction_string(["m1", "m2"], np.array([[0.9, 0.1], [0.2, 0.8]]), classes=[1])
+    '1 0.1 m1 1 0.8 m2'
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] != len(masks):
+        raise ValueError(f"scores must be (n_cells={len(masks)}, C), got {scores.shape}")
+    cls = range(scores.shape[1]) if classes is None else classes
+    parts: list[str] = []
+    for i, m in enumerate(masks):
+        for c in cls:
+            s = scores[i, c]
+            if s >= min_score:
+                parts.append(f"{c} {format_confidence(s)} {m}")
+    return " ".join(parts)
+
+
+def write_submission(
+    rows: Iterable[tuple[str, int, int, str]],
+    path: str | os.PathLike,
+    ids: Sequence[str] | None = None,
+    sizes: Mapping[str, tuple[int, int]] | None = None,
+) -> Path:
+    """Write the submission CSV atomically.
+
+    Parameters
+    ----------
+    rows : iterable of (ID, width, height, PredictionString)
+    path : path
+    ids : sequence of str, optional
+        The required ID list and order (e.g. a sample submission's). IDs without
+        a row get an empty ``PredictionString`` at the size from ``sizes``;
+        rows whose ID is not listed are dropped.
+    sizes : mapping ID -> (width, height), optional
+        Image sizes of IDs without a row (e.g. from the sample submission).
+
+    Raises
+    ------
+    ValueError
+        If an ID of ``ids`` has neither a row nor a size.
+    """
+    by_id: dict[str, tuple[str, int, int, str]] = {}
+    for r in rows:
+        if r[0] in by_id:
+            raise ValueError(f"image {r[0]!r} has two submission rows")
+        by_id[r[0]] = r
+    order = list(by_id) if ids is None else list(ids)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HEADER)
+    for image_id in order:
+        if image_id in by_id:
+            _, width, height, text = by_id[image_id]
+        elif sizes is not None and image_id in sizes:
+            (width, height), text = sizes[image_id], ""
+        else:
+            raise ValueError(f"image {image_id!r} of the ID list has no prediction and no known size")
+        w.writerow((image_id, int(width), int(height), text))
+    return atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_ids(path: str | os.PathLike) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """IDs (in file order) and ``{ID: (width, height)}`` of a sample submission."""
+    subs = read_submission(path, parse_predictions=False)
+    return [s.image_id for s in subs], {s.image_id: (s.width, s.height) for s in subs}
+
+
+def parse_prediction_string(text: str) -> tuple[list[int], list[float], list[str]]:
+    """Split a ``PredictionString`` into classes, confidences and mask strings.
+
+    Raises
+    ------
+    ValueError
+        If the number of tokens is not a multiple of 3 or a class/confidence is not a number.
+
+    Examples
+    --------
+    >>> parse_prediction_string("0 1 eNoLCAgIMAEABJkBdQ==")
+    ([0], [1.0], ['eNoLCAgIMAEABJkBdQ=='])
+    """
+    tokens = text.split()
+    if len(tokens) % 3:
+        raise ValueError(f"{len(tokens)} tokens, not a run of 'class confidence mask' triples")
+    classes, confs, masks = [], [], []
+    for i in range(0, len(tokens), 3):
+        try:
+            classes.append(int(tokens[i]))
+            confs.append(float(tokens[i + 1]))
+        except ValueError:
+            raise ValueError(f"triple {i // 3}: bad class or confidence {tokens[i : i + 2]}") from None
+        masks.append(tokens[i + 2])
+    return classes, confs, masks
+
+
+def read_submission(path: str | os.PathLike, parse_predictions: bool = True) -> list[ImagePrediction]:
+    """Parse a submission CSV into one :class:`ImagePrediction` per row (file order).
+
+    Raises
+    ------
+    SubmissionError
+        For a wrong header, a repeated ID, a bad size or a malformed prediction string.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: submission file not found")
+    out: list[ImagePrediction] = []
+    seen: set[str] = set()
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != HEADER:
+            raise SubmissionError(f"{path}: header must be {','.join(HEADER)}, got {header}")
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 4:
+                raise SubmissionError(f"{path}:{lineno}: expected 4 fields, got {len(row)}")
+            image_id, w, h, text = row
+            if image_id in seen:
+                raise SubmissionError(f"{path}:{lineno}: image {image_id!r} appears twice")
+            seen.add(image_id)
+            try:
+                width, height = int(w), int(h)
+            except ValueError:
+                raise SubmissionError(f"{path}:{lineno}: bad image size {w!r} x {h!r}") from None
+            if width <= 0 or height <= 0:
+                raise SubmissionError(f"{path}:{lineno}: bad image size {width} x {height}")
+            pred = ImagePrediction(image_id, width, height)
+            if parse_predictions:
+                try:
+                    pred.classes, pred.confidences, pred.masks = parse_prediction_string(text)
+                except ValueError as e:
+                    raise SubmissionError(f"{path}:{lineno}: {e}") from None
+            out.append(pred)
+    return out
