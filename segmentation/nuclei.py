@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 log = logging.getLogger(__name__)
@@ -70,6 +69,31 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
     lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
     return lut[labels]
+
+
+def h_maxima(image: np.ndarray, h: float, check_every: int = 8) -> np.ndarray:
+    """Regional maxima of ``image`` that stand at least ``h`` above their surroundings (bool).
+
+    The same result as :func:`skimage.morphology.h_maxima`, by reconstruction
+    with iterated 3x3 OpenCV dilations, which is several times faster on the
+    smooth distance maps used here.
+
+    Examples
+    --------
+    >>> x = np.array([[0, 3, 2, 5, 0]], np.float32)
+    >>> h_maxima(x, 2).astype(int).tolist()
+    [[0, 0, 0, 1, 0]]
+    """
+    image = np.asarray(image, np.float32)
+    marker = image - np.float32(h)
+    kernel = np.ones((3, 3), np.uint8)
+    while True:
+        previous = marker
+        for _ in range(check_every):
+            marker = np.minimum(cv2.dilate(marker, kernel, borderType=cv2.BORDER_REPLICATE), image)
+        if np.array_equal(marker, previous):
+            break
+    return (image - marker) >= np.float32(h) - np.float32(1e-4)
 
 
 def segment_nuclei(
