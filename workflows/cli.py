@@ -14,7 +14,7 @@ import typer
 
 # Order = order in ``hpacell --help``. Each name is a module of workflows.commands
 # exposing ``command`` (the Typer callback).
-COMMANDS: tuple[str, ...] = ("segment",)
+COMMANDS: tuple[str, ...] = ("synth", "segment")
 
 app = typer.Typer(
     name="hpacell",
