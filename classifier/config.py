@@ -1,0 +1,100 @@
+"""Training configuration of the cell (and image) classifiers.
+
+One flat pydantic model, strict about unknown keys (``extra="forbid"``), so a
+typo in a YAML file is an error. :mod:`classifier` must not import
+:mod:`workflows`, hence its own strict base; ``workflows.config.load_config``
+and ``save_config`` work with any pydantic model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs besides its data.
+
+    Examples
+    --------
+    >>> TrainConfig(model="resnet18", epochs=2).epochs
+    2
+    >>> TrainConfig(epochz=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for TrainConfig
+    ...
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- model
+    model: str = Field("resnet50", description="timm backbone name")
+    pretrained: str | None = Field(None, description="local timm/torchvision ImageNet state dict")
+    fourth_channel_init: Literal["red", "green", "blue", "mean"] = Field(
+        "red", description="first-conv filters copied for the 4th (yellow) channel"
+    )
+    pool: Literal["avgmax", "gem"] = "avgmax"
+    embedding_dim: int = Field(512, ge=8)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    use_features: bool = Field(False, description="concatenate the feat_* columns to the pooled features")
+
+    # --- data
+    crop_size: int | None = Field(None, ge=16, description="resize crops to this size (default: as stored)")
+    augment: bool = True
+    folds: int = Field(5, ge=2, description="K of the image-wise multilabel-stratified K-fold split")
+    fold: int = Field(0, ge=0, description="which fold is the validation set")
+    single_label_only: bool = Field(False, description="train on cells of single-label images only")
+    sampler: Literal["random", "oversample", "pk"] = "random"
+    oversample_power: float = Field(0.5, ge=0.0, description="cell weight = max over its classes of freq^-p")
+    pk_classes: int = Field(8, ge=1, description="P of the P x K sampler (classes per batch)")
+    pk_samples: int = Field(4, ge=1, description="K of the P x K sampler (cells per class)")
+    num_workers: int | None = Field(None, ge=0, description="DataLoader workers (default min(4, cpus))")
+
+    # --- loss
+    focal: bool = False
+    focal_alpha: float = Field(0.25, ge=0.0, le=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+    class_weights: bool = Field(False, description="pos_weight = max(1, ln(neg/pos)) per class")
+    triplet_lambda: float = Field(0.1, ge=0.0)
+    triplet_margin: float = Field(0.3, ge=0.0)
+    triplet_gather: bool = Field(True, description="DDP: mine triplets over the embeddings of all ranks")
+
+    # --- optimisation
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0.0, description="head learning rate (peak)")
+    backbone_lr_mult: float = Field(0.1, gt=0.0, description="backbone lr = lr x this after warm-up")
+    weight_decay: float = Field(1e-2, ge=0.0)
+    warmup_epochs: int = Field(1, ge=0, description="epochs training the head with the backbone frozen")
+    schedule: Literal["cosine", "onecycle", "cyclic", "constant"] = "cosine"
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="EMA of the weights (e.g. 0.999)")
+    amp: bool = Field(True, description="autocast on CUDA (ignored on CPU)")
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    grad_clip: float | None = Field(None, gt=0.0)
+    select_metric: Literal["map", "macro_f1", "val_loss"] = Field(
+        "map", description="validation figure that picks best.pt"
+    )
+    limit_train_batches: int | None = Field(None, ge=1, description="cap batches per epoch (quick runs)")
+
+    # --- LR finder
+    lr_find_steps: int = Field(200, ge=10)
+    lr_find_min: float = Field(1e-7, gt=0.0)
+    lr_find_max: float = Field(1.0, gt=0.0)
+
+    # --- run
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms (warn only)")
+    cell_truth: str | None = Field(None, description="cells.csv (ID,cell,Label) with per-cell truth")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.fold >= self.folds:
+            raise ValueError(f"fold={self.fold} must be < folds={self.folds}")
+        if self.lr_find_min >= self.lr_find_max:
+            raise ValueError("lr_find_min must be < lr_find_max")
+        return self

@@ -1,0 +1,285 @@
+"""Transforms, data loaders and the cell datasets of a training run.
+
+Crops are ``(4, S, S)`` uint8 arrays (red, green, blue, yellow). Both the
+training augmentation and :func:`eval_transform` end with the same
+normalisation: ``x / 255`` standardised per channel with :data:`NORM_MEAN` /
+:data:`NORM_STD` (the pixel statistics of the five real HPA 2021 images in the
+shared data, rounded), giving a float32 ``(4, size, size)`` tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from classifier.config import TrainConfig
+from classifier.samplers import OversampleSampler, PKBatchSampler, ShuffleSampler, seed_worker
+
+log = logging.getLogger(__name__)
+
+NORM_MEAN = np.array([0.06, 0.05, 0.04, 0.06], dtype=np.float32)
+NORM_STD = np.array([0.12, 0.11, 0.13, 0.13], dtype=np.float32)
+
+
+def _to_hwc(crop: np.ndarray) -> np.ndarray:
+    crop = np.asarray(crop)
+    if crop.ndim != 3 or crop.shape[0] != 4:
+        raise ValueError(f"expected a (4, S, S) crop, got shape {crop.shape}")
+    return np.ascontiguousarray(crop.transpose(1, 2, 0))
+
+
+def _normalise(hwc: np.ndarray) -> torch.Tensor:
+    x = hwc.astype(np.float32) / 255.0 if hwc.dtype == np.uint8 else hwc.astype(np.float32)
+    x = (x - NORM_MEAN) / NORM_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def _resize(hwc: np.ndarray, size: int) -> np.ndarray:
+    if hwc.shape[0] == size and hwc.shape[1] == size:
+        return hwc
+    interp = cv2.INTER_AREA if hwc.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(hwc, (size, size), interpolation=interp)
+
+
+class EvalTransform:
+    """``(4, S, S)`` uint8 crop -> normalised float tensor ``(4, size, size)``, no augmentation."""
+
+    def __init__(self, crop_size: int) -> None:
+        self.crop_size = crop_size
+
+    def __call__(self, crop: np.ndarray) -> torch.Tensor:
+        return _normalise(_resize(_to_hwc(crop), self.crop_size))
+
+
+def eval_transform(crop_size: int) -> EvalTransform:
+    """The transform of validation and prediction (same normalisation as training).
+
+    Examples
+    --------
+    >>> t = eval_transform(32)(np.zeros((4, 64, 64), np.uint8))
+    >>> tuple(t.shape), t.dtype
+    ((4, 32, 32), torch.float32)
+    """
+    return EvalTransform(crop_size)
+
+
+class TrainTransform:
+    """Augmentation (albumentations) + per-channel brightness/contrast + normalisation.
+
+    Geometric: horizontal/vertical flips, rot90, shift-scale-rotate. Intensity:
+    each channel independently scaled by a contrast factor and shifted by a
+    brightness offset. Seeded; :meth:`reseed` sets the stream (called per
+    epoch and per DataLoader worker, so runs are reproducible).
+    """
+
+    def __init__(self, crop_size: int, seed: int = 0, brightness: float = 0.05, contrast: float = 0.2):
+        import albumentations as A
+
+        self.crop_size = crop_size
+        self.brightness, self.contrast = brightness, contrast
+        self.aug = A.Compose(
+            [
+                A.HorizontalFlip(p=0.5),
+                A.VerticalFlip(p=0.5),
+                A.RandomRotate90(p=0.5),
+                A.Affine(  # shift-scale-rotate
+                    translate_percent=(-0.0625, 0.0625),
+                    scale=(0.9, 1.1),
+                    rotate=(-45, 45),
+                    border_mode=cv2.BORDER_CONSTANT,
+                    p=0.5,
+                ),
+            ],
+            seed=seed,
+        )
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.aug.set_random_seed(int(seed))
+        self.rng = np.random.default_rng(int(seed))
+
+    def __call__(self, crop: np.ndarray) -> torch.Tensor:
+        hwc = _resize(_to_hwc(crop), self.crop_size)
+        hwc = self.aug(image=hwc)["image"]
+        x = hwc.astype(np.float32) / 255.0
+        if self.rng.random() < 0.8:
+            c = self.rng.uniform(1 - self.contrast, 1 + self.contrast, size=4).astype(np.float32)
+            b = self.rng.uniform(-self.brightness, self.brightness, size=4).astype(np.float32)
+            x = np.clip(x * c + b, 0.0, 1.0)
+        return _normalise(x)
+
+
+def default_workers() -> int:
+    """``min(4, cpus)``."""
+    return min(4, os.cpu_count() or 1)
+
+
+def make_train_loader(
+    dataset: Dataset, labels: np.ndarray, config: TrainConfig, epoch: int, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """The training DataLoader of one epoch, deterministic in ``(config.seed, epoch, rank)``.
+
+    ``labels`` are the (N, C) targets of ``dataset`` in its order (for the samplers).
+    """
+    workers = default_workers() if config.num_workers is None else config.num_workers
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 1009 + rank)
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "reseed") and workers == 0:
+        transform.reseed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": torch.cuda.is_available() and config.device != "cpu",
+        "worker_init_fn": seed_worker,
+        "generator": gen,
+        "persistent_workers": False,
+    }
+    if workers > 0:
+        common["prefetch_factor"] = 4
+    if config.sampler == "pk":
+        bs = PKBatchSampler(
+            labels, config.pk_classes, config.pk_samples, seed=config.seed, rank=rank, world_size=world_size
+        )
+        bs.set_epoch(epoch)
+        return DataLoader(dataset, batch_sampler=bs, **common)
+    if config.sampler == "oversample":
+        sampler: Any = OversampleSampler(
+            labels, config.oversample_power, seed=config.seed, rank=rank, world_size=world_size
+        )
+    else:
+        sampler = ShuffleSampler(len(dataset), seed=config.seed, rank=rank, world_size=world_size)
+    sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, **common)
+
+
+def make_eval_loader(dataset: Dataset, config: TrainConfig) -> DataLoader:
+    """Sequential loader over a validation/prediction dataset."""
+    workers = default_workers() if config.num_workers is None else config.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available() and config.device != "cpu",
+    )
+
+
+# --------------------------------------------------------------------------- the cell dataset of a run
+@dataclass
+class TrainData:
+    """Train/validation datasets (yielding dicts with "image", "labels", optional "features") + run facts.
+
+    Generic: the training loop needs nothing cell-specific. ``val_truth``/``val_truth_mask`` optionally
+    replace ``val_labels`` as validation targets (e.g. per-cell ground truth) where the mask is True.
+    """
+
+    train: Dataset
+    val: Dataset
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+    classes: list[str]
+    taxonomy: str
+    crop_size: int
+    feature_columns: list[str] = field(default_factory=list)
+    val_truth: np.ndarray | None = None
+    val_truth_mask: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def read_cell_truth(path: str | os.PathLike, table, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell truth from a ``cells.csv`` (``ID,cell,Label``) joined to a cells table on (image_id, cell).
+
+    Returns ``(labels (N, C) uint8, found (N,) bool)`` in the table's row order.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: cell truth file not found")
+    truth = pd.read_csv(path, dtype={"ID": str, "Label": str})
+    missing = {"ID", "cell", "Label"} - set(truth.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)} (expected ID,cell,Label)")
+    key = dict(
+        zip(zip(truth["ID"].astype(str), truth["cell"].astype(int), strict=True), truth["Label"], strict=True)
+    )
+    out = np.zeros((len(table), n_classes), dtype=np.uint8)
+    found = np.zeros(len(table), dtype=bool)
+    for i, (img, cell) in enumerate(
+        zip(table["image_id"].astype(str), table["cell"].astype(int), strict=True)
+    ):
+        lab = key.get((img, cell))
+        if lab is None:
+            continue
+        found[i] = True
+        if isinstance(lab, str) and lab.strip():
+            for c in lab.replace(" ", "|").split("|"):
+                if c.strip():
+                    k = int(c)
+                    if not 0 <= k < n_classes:
+                        raise ValueError(f"{path}: class {k} out of range for {n_classes} classes")
+                    out[i, k] = 1
+    return out, found
+
+
+def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainData:
+    """Split a ``hpacell crop`` folder by image and wrap both sides as ``CellDataset``."""
+    from cellcrops.dataset import CellDataset
+
+    from classifier.split import image_split
+
+    probe = CellDataset(cells_dir)
+    table, labels = probe.table, np.asarray(probe.labels)
+    stored = int(probe.meta["crop_size"])
+    size = config.crop_size or stored
+    feats = [c for c in table.columns if c.startswith("feat_")] if config.use_features else []
+    train_rows, val_rows = image_split(
+        table["image_id"].astype(str).to_numpy(), labels, config.folds, config.fold, config.seed
+    )
+    n_train_all = len(train_rows)
+    if config.single_label_only:
+        train_rows = train_rows[labels[train_rows].sum(1) == 1]
+        if len(train_rows) == 0:
+            raise ValueError(f"{cells_dir}: no training cell comes from a single-label image")
+    unlabelled = labels[train_rows].sum(1) == 0
+    if unlabelled.any():
+        log.info("dropping %d training cells without labels", int(unlabelled.sum()))
+        train_rows = train_rows[~unlabelled]
+    aug: Callable = TrainTransform(size, seed=config.seed) if config.augment else eval_transform(size)
+    train = CellDataset(cells_dir, rows=train_rows, transform=aug, feature_columns=feats or None)
+    val = CellDataset(cells_dir, rows=val_rows, transform=eval_transform(size), feature_columns=feats or None)
+    data = TrainData(
+        train=train,
+        val=val,
+        train_labels=labels[train_rows],
+        val_labels=labels[val_rows],
+        classes=list(probe.classes),
+        taxonomy=str(probe.taxonomy),
+        crop_size=size,
+        feature_columns=feats,
+        info={
+            "n_cells": len(table),
+            "n_train_cells": len(train_rows),
+            "n_train_cells_before_filters": n_train_all,
+            "n_val_cells": len(val_rows),
+            "n_train_images": int(table["image_id"].iloc[train_rows].nunique()),
+            "n_val_images": int(table["image_id"].iloc[val_rows].nunique()),
+        },
+    )
+    if config.cell_truth:
+        truth, found = read_cell_truth(config.cell_truth, table, len(data.classes))
+        data.val_truth, data.val_truth_mask = truth[val_rows], found[val_rows]
+        data.info["val_cells_with_truth"] = int(found[val_rows].sum())
+        if not found[val_rows].any():
+            raise ValueError(
+                f"{config.cell_truth}: no validation cell matches (image_id, cell) of {cells_dir}"
+            )
+    return data

@@ -1,0 +1,228 @@
+"""The cell classifier: a timm backbone with 4 input channels and a custom head.
+
+``model(images, features=None)`` returns ``{"logits": (B, C), "embedding": (B, E)}``.
+The head is: pooling (avg+max concatenated, or GeM) -> optional concatenation
+of per-cell feature columns -> BatchNorm -> dropout -> linear embedding (E) ->
+BatchNorm + ReLU -> linear to the classes. The triplet loss works on the
+embedding.
+
+Nothing is downloaded: timm is always asked for ``pretrained=False``; ImageNet
+weights come from a local file (:func:`load_pretrained`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.fc.", "last_linear.")
+FOURTH_CHANNEL = {"red": 0, "green": 1, "blue": 2}
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling with a learnable exponent."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean((-2, -1)).pow(1.0 / self.p)
+
+
+class AvgMaxPool(nn.Module):
+    """Global average and max pooling, concatenated (2F outputs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((-2, -1)), x.amax((-2, -1))], 1)
+
+
+class CellClassifier(nn.Module):
+    """Backbone (feature map) + pooling + embedding + classifier.
+
+    Examples
+    --------
+    >>> m = create_model("resnet18", num_classes=3, embedding_dim=16).eval()
+    >>> out = m(torch.zeros(2, 4, 64, 64))
+    >>> tuple(out["logits"].shape), tuple(out["embedding"].shape)
+    ((2, 3), (2, 16))
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        pool: str = "avgmax",
+        embedding_dim: int = 512,
+        dropout: float = 0.3,
+        n_features: int = 0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        nf = backbone.num_features
+        if pool == "avgmax":
+            self.pool: nn.Module = AvgMaxPool()
+            pooled = 2 * nf
+        elif pool == "gem":
+            self.pool = GeM()
+            pooled = nf
+        else:
+            raise ValueError(f"unknown pool {pool!r} (avgmax or gem)")
+        self.n_features = n_features
+        self.bn = nn.BatchNorm1d(pooled + n_features)
+        self.dropout = nn.Dropout(dropout)
+        self.embed = nn.Linear(pooled + n_features, embedding_dim)
+        self.embed_bn = nn.BatchNorm1d(embedding_dim)
+        self.classifier = nn.Linear(embedding_dim, num_classes)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside the backbone (trained during the warm-up)."""
+        ids = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def forward(self, images: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        x = self.pool(self.backbone.forward_features(images)).float()
+        if self.n_features:
+            if features is None:
+                raise ValueError(f"model expects {self.n_features} cell features, got none")
+            x = torch.cat([x, features.float()], 1)
+        emb = self.embed(self.dropout(self.bn(x)))
+        logits = self.classifier(F.relu(self.embed_bn(emb)))
+        return {"logits": logits, "embedding": emb}
+
+
+def create_model(
+    name: str = "resnet50",
+    num_classes: int = 19,
+    in_chans: int = 4,
+    pretrained: str | os.PathLike | None = None,
+    pool: str = "avgmax",
+    embedding_dim: int = 512,
+    dropout: float = 0.3,
+    n_features: int = 0,
+    fourth_channel_init: str = "red",
+) -> CellClassifier:
+    """Build a :class:`CellClassifier` around the timm backbone ``name``.
+
+    ``pretrained`` is a local ImageNet state dict (see :func:`load_pretrained`);
+    nothing is downloaded.
+    """
+    try:
+        backbone = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0)
+    except RuntimeError as e:  # timm: "Unknown model"
+        raise ValueError(f"unknown timm model {name!r}: {e}") from None
+    if pretrained is not None:
+        load_pretrained(backbone, pretrained, fourth_channel_init=fourth_channel_init)
+    return CellClassifier(backbone, num_classes, pool, embedding_dim, dropout, n_features)
+
+
+def _unwrap(sd: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict (expected a mapping of tensor names to tensors)")
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
+
+
+def adapt_first_conv(weight: torch.Tensor, in_chans: int, fourth: str = "red") -> torch.Tensor:
+    """Map a 3-channel (RGB) conv weight to ``in_chans`` channels.
+
+    Channels 0-2 keep the RGB filters; channel 3 (yellow) copies the filters of
+    ``fourth`` (red, green or blue), or their mean.
+
+    Examples
+    --------
+    >>> w = torch.arange(3.0).view(1, 3, 1, 1)
+    >>> adapt_first_conv(w, 4, "green").flatten().tolist()
+    [0.0, 1.0, 2.0, 1.0]
+    """
+    if weight.shape[1] == in_chans:
+        return weight
+    if weight.shape[1] != 3 or in_chans != 4:
+        raise ValueError(f"cannot map a {weight.shape[1]}-channel conv to {in_chans} channels")
+    if fourth == "mean":
+        extra = weight.mean(1, keepdim=True)
+    elif fourth in FOURTH_CHANNEL:
+        extra = weight[:, FOURTH_CHANNEL[fourth] : FOURTH_CHANNEL[fourth] + 1]
+    else:
+        raise ValueError(f"fourth_channel_init must be red, green, blue or mean, not {fourth!r}")
+    return torch.cat([weight, extra], 1)
+
+
+def load_pretrained(backbone: nn.Module, path: str | os.PathLike, fourth_channel_init: str = "red") -> None:
+    """Load a local timm/torchvision ImageNet state dict into ``backbone``.
+
+    Accepts bare state dicts or ones wrapped in ``state_dict``/``model``;
+    drops classifier weights; adapts 3-channel input convs to the backbone's
+    channel count. Raises ``FileNotFoundError`` / ``ValueError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pretrained weights file not found (nothing is downloaded)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read pretrained weights: {e}") from None
+    sd = _unwrap(raw, path)
+    own = backbone.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.startswith(CLASSIFIER_PREFIXES) or k not in own:
+            continue
+        if v.ndim == 4 and own[k].ndim == 4 and v.shape[1] != own[k].shape[1]:
+            v = adapt_first_conv(v, own[k].shape[1], fourth_channel_init)
+        if v.shape != own[k].shape:
+            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model wants {tuple(own[k].shape)}")
+        out[k] = v
+    if not out:
+        raise ValueError(f"{path}: no parameter names match the backbone (wrong architecture?)")
+    missing = [k for k in own if k not in out]
+    if missing:
+        log.warning("%s: %d backbone tensors not in the file, e.g. %s", path, len(missing), missing[:3])
+    backbone.load_state_dict(out, strict=False)
+    log.info("loaded %d pretrained tensors from %s", len(out), path)
+
+
+def model_from_config(config: dict[str, Any], num_classes: int, n_features: int = 0) -> CellClassifier:
+    """Build the (untrained) model described by a resolved train config dict."""
+    return create_model(
+        config["model"],
+        num_classes=num_classes,
+        pool=config.get("pool", "avgmax"),
+        embedding_dim=config.get("embedding_dim", 512),
+        dropout=config.get("dropout", 0.3),
+        n_features=n_features,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Load ``best.pt``/``last.pt``: ``(model in eval mode, checkpoint dict)``.
+
+    Uses the EMA weights when the checkpoint has them. Loads with
+    ``weights_only=True`` (only tensors and plain Python types).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read checkpoint: {e}") from None
+    for key in ("model", "config", "classes"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not an hpacell checkpoint (no {key!r})")
+    model = model_from_config(ckpt["config"], len(ckpt["classes"]), len(ckpt.get("feature_columns") or []))
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])
+    return model.to(device).eval(), ckpt

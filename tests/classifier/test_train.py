@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from classifier.config import TrainConfig
+from classifier.lr_finder import lr_find
+from classifier.model import create_model, load_checkpoint
+from classifier.train import fit
+
+CFG = dict(model="resnet18", batch_size=8, embedding_dim=16, num_workers=0, warmup_epochs=1, lr=2e-3)
+
+
+def _losses(run):
+    return [
+        (r["train_loss"], r["val_loss"])
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().split("\n")[:-1])
+    ]
+
+
+def test_one_epoch_end_to_end_outputs(tmp_path, make_data):
+    summary = fit(make_data(), TrainConfig(epochs=1, **CFG), tmp_path)
+    for f in ("best.pt", "last.pt", "metrics.jsonl", "curves.png", "summary.json"):
+        assert (tmp_path / f).is_file(), f
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert ckpt["classes"] == ["a", "b", "c"] and len(ckpt["thresholds"]) == 3 and ckpt["epoch"] == 0
+    assert ckpt["config"]["model"] == "resnet18" and ckpt["crop_size"] == 32
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text())
+    for k in (
+        "train_bce",
+        "train_triplet",
+        "train_loss",
+        "val_loss",
+        "val_macro_f1",
+        "val_per_class_f1",
+        "val_map",
+    ):
+        assert k in rec
+    assert rec["val_targets"] == "inherited_image_labels"
+    assert summary["best_epoch"] == 0 and "baseline" in summary
+    model, ck = load_checkpoint(tmp_path / "best.pt")
+    assert not model.training
+    assert model(torch.zeros(1, 4, 32, 32))["logits"].shape == (1, 3)
+    with pytest.raises(FileExistsError, match="resume"):
+        fit(make_data(), TrainConfig(epochs=1, **CFG), tmp_path)
+
+
+def test_seeded_runs_are_identical_on_cpu(tmp_path, make_data):
+    cfg = TrainConfig(epochs=1, limit_train_batches=3, **CFG)
+    fit(make_data(), cfg, tmp_path / "a")
+    fit(make_data(), cfg, tmp_path / "b")
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, make_data):
+    cfg = TrainConfig(epochs=2, limit_train_batches=3, ema_decay=0.9, **CFG)
+
+    def kill_after_first(epoch, rec):
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_data(), cfg, tmp_path / "killed", hooks=[kill_after_first])
+    assert len(_losses(tmp_path / "killed")) == 1
+    epochs_run = []
+    fit(make_data(), cfg, tmp_path / "killed", resume=True, hooks=[lambda e, r: epochs_run.append(e)])
+    assert epochs_run == [1]
+    fit(make_data(), cfg, tmp_path / "full")
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "full")
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_cell_truth_targets_and_warmup_freezes_backbone(tmp_path, make_data):
+    data = make_data()
+    data.val_truth = data.val_labels.copy()
+    data.val_truth[:, 0] = 1
+    cfg = TrainConfig(epochs=1, limit_train_batches=2, **CFG)
+    before = create_model("resnet18", 3, embedding_dim=16)
+    torch.manual_seed(0)
+    fit(data, cfg, tmp_path)
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert rec["val_targets"] == "cell_truth" and rec["backbone_frozen"] and rec["lr_backbone"] == 0.0
+    # the frozen backbone's weights equal a freshly seeded model's
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    torch.manual_seed(cfg.seed)
+    ref = create_model("resnet18", 3, embedding_dim=16).state_dict()
+    assert torch.equal(ck["model"]["backbone.layer1.0.conv1.weight"], ref["backbone.layer1.0.conv1.weight"])
+    assert torch.equal(ck["model"]["backbone.bn1.running_mean"], ref["backbone.bn1.running_mean"])
+    del before
+
+
+def test_lr_finder_restores_model(tmp_path, make_data):
+    data = make_data()
+    cfg = TrainConfig(lr_find_steps=20, lr_find_min=1e-5, lr_find_max=1.0, **CFG)
+    model = create_model("resnet18", 3, embedding_dim=16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = lr_find(model, data, cfg, tmp_path)
+    assert (tmp_path / "lr_find.png").is_file() and (tmp_path / "lr_find.json").is_file()
+    assert 5 <= res["steps_run"] <= 20 and res["lrs"][0] == pytest.approx(1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
