@@ -198,7 +198,10 @@ def _layout(rng, h, w, scale, cells):
         else:
             rn = _shape_field(xx, yy, c["cx"], c["cy"], c["a"], c["b"], c["theta"], c["nuc_h"])
         rc = _shape_field(xx, yy, c["ccx"], c["ccy"], c["ca"], c["cb"], c["ctheta"], c["cell_h"])
-        v = np.minimum(rc + edge[y0:y1, x0:x1], rn / 1.15) if not c["mitotic"] else rc
+        if c["mitotic"]:
+            v = rc + 0.3 * edge[y0:y1, x0:x1]
+        else:
+            v = np.minimum(rc + edge[y0:y1, x0:x1], rn / 1.15)
         take = (v < 1) & (v < best[y0:y1, x0:x1])
         best[y0:y1, x0:x1][take] = v[take]
         owner[y0:y1, x0:x1][take] = i
@@ -328,8 +331,8 @@ def _draw_cell(rng, g: CellGeometry, classes: Sequence[int], canvas: np.ndarray)
     shared = {"er": np.clip(er * density**1.3 * 1.5 + 0.15 * envelope, 0, 1), "mt": mt * g.soft}
     if g.mitotic:
         spindle = PATTERNS[SPINDLE](rng, g, shared)
-        red = 0.35 * g.soft * (1 - 0.5 * g.nuc_soft) + 0.9 * spindle + 0.2 * mt
-        yellow = 0.55 * g.soft * (0.7 + 0.3 * er) * (1 - 0.6 * g.nuc_soft)
+        red = 0.2 * g.soft * (1 - 0.5 * g.nuc_soft) * (0.6 + 0.4 * er) + 0.8 * spindle + 0.15 * mt
+        yellow = 0.3 * g.soft * (0.4 + 0.6 * er) * (1 - 0.6 * g.nuc_soft)
     # green: the classes' patterns on a faint non-specific background
     green = 0.035 * g.soft * (1 + 0.3 * noise.clip(-2, 2))
     for k in classes:
