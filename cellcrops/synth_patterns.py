@@ -207,7 +207,9 @@ def _nucleoli_map(geom: CellGeometry, grow: float = 1.0) -> np.ndarray:
 
 
 def p_nucleoplasm(rng, geom, shared):
-    tex = 0.8 + 0.2 * np.clip(smooth_noise(rng, geom.shape, 2.0 * geom.scale), -2, 2) / 2
+    fine = smooth_noise(rng, geom.shape, max(1.5 * geom.scale, 1.0)).clip(-2, 2)
+    coarse = smooth_noise(rng, geom.shape, 8.0 * geom.scale).clip(-2, 2)
+    tex = np.clip(0.65 + 0.15 * fine + 0.12 * coarse, 0.2, 1.0)
     return geom.nuc_soft * tex * (1 - 0.7 * _nucleoli_map(geom))
 
 
@@ -354,7 +356,7 @@ def p_mitochondria(rng, geom, shared):
 
 def p_aggresome(rng, geom, shared):
     s = geom.scale
-    r = rng.uniform(9, 15) * s
+    r = rng.uniform(11, 19) * s
     phi = np.arctan2(geom.mtoc[1] - geom.nuc_center[1], geom.mtoc[0] - geom.nuc_center[0])
     cx, cy = geom.mtoc + np.array([np.cos(phi), np.sin(phi)]) * r * 0.8
     h, w = geom.shape
