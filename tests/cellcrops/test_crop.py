@@ -1,0 +1,247 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cellcrops.crop import (
+    cell_boxes,
+    crop_cells,
+    resize_hwc,
+    resize_square,
+    square_crop,
+)
+from cellcrops.labels import read_labels, write_labels
+from cellcrops.shards import CropOptions, build_cell_dataset
+from segmentation.io import CHANNELS, read_image_set, read_mask, to_uint8, write_mask
+from workflows.cli import app
+
+
+def _write_image(folder: Path, image_id: str, planes: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for ch, plane in zip(CHANNELS, planes, strict=True):
+        assert cv2.imwrite(str(folder / f"{image_id}_{ch}.png"), plane)
+
+
+def _synthetic(shape=(120, 160), dtype=np.uint8, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """An image with three cells (one touching the left border) and its mask."""
+    rng = np.random.default_rng(seed)
+    hi = 255 if dtype == np.uint8 else 4095
+    planes = rng.integers(0, hi + 1, size=(4, *shape)).astype(dtype)
+    mask = np.zeros(shape, np.uint16)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    mask[(yy - 40) ** 2 + (xx - 50) ** 2 < 20**2] = 3
+    mask[70:110, 90:150] = 7
+    mask[10:50, 0:15] = 9
+    return planes, mask
+
+
+def _dataset(folder: Path):
+    cells = pd.read_parquet(folder / "cells.parquet")
+    shards = {k: np.load(folder / f"shard-{k:05d}.npy", mmap_mode="r") for k in cells["shard"].unique()}
+    return cells, shards
+
+
+# --------------------------------------------------------------------------- geometry
+def test_boxes_match_pixels_and_square_is_centred():
+    _, mask = _synthetic()
+    ids, boxes = cell_boxes(mask)
+    assert ids.tolist() == [3, 7, 9]
+    for cid, (x0, y0, x1, y1) in zip(ids, boxes, strict=True):
+        ys, xs = np.nonzero(mask == cid)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_square_crop_pads_outside_image_and_keeps_cell_pixels():
+    planes, mask = _synthetic()
+    crop, cell, (sx0, sy0, side) = square_crop(planes, mask, 9)  # 15 x 40 box at the left border
+    assert side == 40 and sx0 < 0
+    assert crop.shape == (4, 40, 40)
+    ys, xs = np.nonzero(cell)
+    np.testing.assert_array_equal(crop[:, ys, xs], planes[:, ys + sy0, xs + sx0])
+    assert not crop[:, ~cell].any()
+    assert not crop[:, :, :-sx0].any()  # columns left of the image
+    raw, _, _ = square_crop(planes, mask, 9, mask_background=False)
+    np.testing.assert_array_equal(raw[:, :, -sx0:], planes[:, sy0 : sy0 + side, : side + sx0])
+    with pytest.raises(ValueError, match="not in the mask"):
+        square_crop(planes, mask, 4)
+
+
+def test_fast_resize_is_close_to_inter_area():
+    rng = np.random.default_rng(1)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (600, 600), dtype=np.uint8), (0, 0), 4)
+    img = np.stack([img, img[::-1], img[:, ::-1], img.T])
+    fast, exact = resize_square(img, 256), resize_square(img, 256, exact_area=True)
+    assert fast.shape == exact.shape == (4, 256, 256)
+    assert np.abs(fast.astype(int) - exact).mean() < 1.0
+    assert resize_square(img[:, :100, :100], 256).shape == (4, 256, 256)  # upscaling
+
+
+def test_crop_cells_filters_and_validates():
+    planes, mask = _synthetic()
+    crops, table = crop_cells(planes, mask, size=32)
+    assert crops.shape == (3, 4, 32, 32) and table["cell"].tolist() == [3, 7, 9]
+    assert table["touches_border"].tolist() == [False, False, True]
+    assert table["area"].tolist() == [int((mask == c).sum()) for c in (3, 7, 9)]
+    _, t2 = crop_cells(planes, mask, size=32, drop_border_cells=True, min_area=1300)
+    assert t2["cell"].tolist() == [7]  # the disk has ~1250 px
+    with pytest.raises(ValueError, match="empty mask"):
+        crop_cells(planes, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="mask size"):
+        crop_cells(planes, mask[:, :100])
+
+
+def test_nuclei_mask_gives_exact_nucleus_area():
+    planes, mask = _synthetic()
+    nuclei = np.where((mask == 7) & (np.arange(160)[None, :] < 110), 7, 0).astype(np.uint16)
+    _, table = crop_cells(planes, mask, nuclei, size=32)
+    assert table.set_index("cell").loc[7, "nucleus_area"] == 40 * 20
+    assert table.set_index("cell").loc[3, "nucleus_area"] == 0
+
+
+# --------------------------------------------------------------------------- the real data
+@pytest.fixture(scope="module")
+def real_cells(hpa2021, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cells")
+    summary = build_cell_dataset(
+        hpa2021 / "images", hpa2021 / "masks", out, labels=hpa2021 / "train.csv", shard_size=30
+    )
+    return out, summary
+
+
+def test_real_images_rows_labels_and_pixels(real_cells, hpa2021, real_ids):
+    out, summary = real_cells
+    assert summary.failed == {} and summary.n_cells == 72
+    cells, shards = _dataset(out)
+    assert len(cells) == 72 and cells["cell_uid"].is_unique
+    assert len(shards) > 1  # shard_size=30 splits the 72 cells
+    train = read_labels(hpa2021 / "train.csv")
+    for image_id in real_ids:
+        image = read_image_set(hpa2021 / "images", image_id)
+        mask = read_mask(hpa2021 / "masks" / f"{image_id}_cellmask.png")
+        rows = cells[cells["image_id"] == image_id]
+        assert sorted(rows["cell"]) == sorted(set(np.unique(mask).tolist()) - {0})
+        for _, r in rows.iterrows():
+            assert list(r["labels"]) == train.labels_of(image_id)
+            crop, cell, (sx0, sy0, side) = square_crop(image, mask, r["cell"])
+            assert (r["crop_x0"], r["crop_y0"], r["crop_side"]) == (sx0, sy0, side)
+            ys, xs = np.nonzero(cell)
+            assert r["area"] == ys.size
+            assert (r["x0"], r["y0"], r["x1"], r["y1"]) == (
+                xs.min() + sx0,
+                ys.min() + sy0,
+                xs.max() + 1 + sx0,
+                ys.max() + 1 + sy0,
+            )
+            # Exact: the crop's pixels inside the cell are the source pixels; outside they are 0.
+            np.testing.assert_array_equal(crop[:, ys, xs], image[:, ys + sy0, xs + sx0])
+            assert not crop[:, ~cell].any()
+            # The stored crop is that crop resized; where no cell pixel contributes it is 0.
+            stored = np.asarray(shards[r["shard"]][r["row"]])
+            np.testing.assert_array_equal(stored, resize_square(crop, 256))
+            coverage = resize_hwc(cell.view(np.uint8) * np.uint8(255), 256)
+            assert not stored[:, coverage == 0].any()
+
+
+def test_real_meta_and_status(real_cells):
+    import json
+
+    out, _ = real_cells
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["n_cells"] == 72 and meta["crop_size"] == 256 and meta["taxonomy"] == "hpa2021"
+    assert meta["channels"] == ["red", "green", "blue", "yellow"] and len(meta["classes"]) == 19
+    cells = pd.read_parquet(out / "cells.parquet")
+    assert all(c in cells.columns for c in meta["feature_columns"])
+    assert all(cells[c].dtype == np.float32 for c in meta["feature_columns"])
+    assert np.isfinite(cells[meta["feature_columns"]].to_numpy()).all()
+    status = pd.read_parquet(out / "crop_status.parquet")
+    assert (status["status"] == "ok").all() and status["n_cells"].sum() == 72
+
+
+# --------------------------------------------------------------------------- batch behaviour
+@pytest.fixture
+def messy(tmp_path):
+    """a: fine; b: mask size != image size; c: empty mask; d: mask without image; e: image without mask."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    masks.mkdir()
+    planes, mask = _synthetic()
+    for image_id in "abce":
+        _write_image(images, image_id, planes)
+    write_mask(masks / "a_cellmask.png", mask)
+    write_mask(masks / "b_cellmask.png", mask[:, :100])
+    write_mask(masks / "c_cellmask.png", np.zeros_like(mask))
+    write_mask(masks / "d_cellmask.png", mask)
+    write_labels(tmp_path / "labels.csv", {"a": [1, 4], "b": [2], "x": [0]})
+    return tmp_path
+
+
+def _crop_cli(root: Path, *extra: str):
+    args = ["crop", str(root / "images"), "--masks", str(root / "masks"), "--out", str(root / "cells")]
+    return CliRunner().invoke(app, [*args, "--labels", str(root / "labels.csv"), "--size", "32", *extra])
+
+
+def test_bad_inputs_recorded_others_processed_then_resume(messy):
+    res = _crop_cli(messy)
+    assert res.exit_code == 1, res.output
+    status = pd.read_parquet(messy / "cells" / "crop_status.parquet").set_index("image_id")
+    assert status.loc["a", "status"] == "ok" and status.loc["a", "n_cells"] == 3
+    assert "mask size 100x120 != image size 160x120" in status.loc["b", "error"]
+    assert "empty mask" in status.loc["c", "error"]
+    assert "mask without image" in status.loc["d", "error"]
+    assert "no cell mask" in status.loc["e", "error"]
+    cells = pd.read_parquet(messy / "cells" / "cells.parquet")
+    assert cells["image_id"].unique().tolist() == ["a"]
+    assert all(list(x) == [1, 4] for x in cells["labels"])
+
+    # Fix b; the rerun skips a, crops b, and still reports c, d, e.
+    planes, mask = _synthetic()
+    write_mask(messy / "masks" / "b_cellmask.png", mask)
+    res = _crop_cli(messy)
+    assert res.exit_code == 1
+    assert '"skipped_done": 1' in res.stdout
+    cells = pd.read_parquet(messy / "cells" / "cells.parquet")
+    assert sorted(cells["image_id"].unique()) == ["a", "b"] and cells["cell_uid"].is_unique
+    status = pd.read_parquet(messy / "cells" / "crop_status.parquet").set_index("image_id")
+    assert status.loc["b", "status"] == "ok" and len(status) == 5
+
+
+def test_rerun_skips_and_cleans_a_killed_run(tmp_path):
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "cells"
+    masks.mkdir()
+    for i in range(3):
+        planes, mask = _synthetic(seed=i)
+        _write_image(images, f"img{i}", planes)
+        write_mask(masks / f"img{i}_cellmask.png", mask)
+    opts = CropOptions(size=24, feature_size=16)
+    s1 = build_cell_dataset(images, masks, out, options=opts, shard_size=4)
+    assert s1.n_cells == 9 and s1.n_skipped == 0
+    before = pd.read_parquet(out / "cells.parquet")
+    # A killed run: a stale temp shard, and a shard committed without its table part.
+    (out / ".shard-00007.npy.999.tmp").write_bytes(b"half")
+    np.save(out / "shard-00009.npy", np.zeros((2, 4, 24, 24), np.uint8))
+    s2 = build_cell_dataset(images, masks, out, options=opts, shard_size=4)
+    assert s2.n_skipped == 3 and s2.n_cells == 9
+    assert not (out / ".shard-00007.npy.999.tmp").exists() and not (out / "shard-00009.npy").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "cells.parquet"), before)
+    with pytest.raises(ValueError, match="other options"):
+        build_cell_dataset(images, masks, out, options=CropOptions(size=32), shard_size=4)
+
+
+def test_16bit_input_uses_shared_normalisation_and_unlabelled_get_empty_labels(tmp_path):
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "cells"
+    masks.mkdir()
+    planes, mask = _synthetic(dtype=np.uint16)  # 12-bit values in 16-bit files
+    _write_image(images, "deep", planes)
+    write_mask(masks / "deep_cellmask.png", mask)
+    write_labels(tmp_path / "labels.csv", {"other": [3]})
+    summary = build_cell_dataset(images, masks, out, labels=tmp_path / "labels.csv")
+    assert summary.images_without_labels == ["deep"] and summary.labels_without_images == ["other"]
+    cells, shards = _dataset(out)
+    assert all(len(x) == 0 for x in cells["labels"])
+    r = cells[cells["cell"] == 7].iloc[0]
+    norm = to_uint8(planes)
+    assert norm.max() > 200  # 12-bit scaled up, not truncated
+    crop, _, _ = square_crop(norm, mask, 7)
+    np.testing.assert_array_equal(shards[r["shard"]][r["row"]], resize_square(crop, 256))

@@ -1,0 +1,80 @@
+"""Cut every cell into a square crop: npy shards + cells.parquet (labels, features) + meta.json.
+
+Each cell of MASKS_DIR/<ID>_cellmask.png becomes a 4-channel (red, green, blue,
+yellow) uint8 crop of --size px, centred on its bounding box; the cells inherit
+their image's labels from --labels (2021 or 2018 CSV). A rerun resumes; failed
+images are recorded in CELLS/crop_status.parquet and make the exit code 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def command(
+    images_dir: Path = typer.Argument(..., help="Folder of <ID>_{red,green,blue,yellow}.<ext> image sets."),
+    masks: Path = typer.Option(..., "--masks", help="Folder of <ID>_cellmask.png (and <ID>_nucleimask.png)."),
+    out: Path = typer.Option(..., "--out", help="Output CELLS folder (resumed when it exists)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Image label table (ID,Label or Id,Target)."),
+    size: int = typer.Option(256, "--size", help="Crop side in pixels."),
+    mask_background: bool = typer.Option(
+        True, "--mask-background/--no-mask-background", help="Zero the pixels outside the cell."
+    ),
+    min_area: int = typer.Option(0, "--min-area", help="Drop cells with fewer pixels."),
+    drop_border_cells: bool = typer.Option(
+        False, "--drop-border-cells", help="Drop cells touching the border."
+    ),
+    margin: int = typer.Option(0, "--margin", help="Extra pixels around each cell's square box."),
+    feature_size: int = typer.Option(
+        128, "--feature-size", help="Side of the crops features are computed on."
+    ),
+    taxonomy: str = typer.Option(
+        "hpa2021", "--taxonomy", help="Taxonomy recorded when --labels is not given."
+    ),
+    shard_size: int = typer.Option(4096, "--shard-size", help="Crops per shard file."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes."),
+) -> None:
+    import json
+    import logging
+
+    from cellcrops.shards import CropOptions, build_cell_dataset
+
+    log = logging.getLogger("hpacell.crop")
+    try:
+        options = CropOptions(
+            size=size,
+            mask_background=mask_background,
+            min_area=min_area,
+            drop_border_cells=drop_border_cells,
+            margin=margin,
+            feature_size=feature_size,
+        )
+        summary = build_cell_dataset(
+            images_dir,
+            masks,
+            out,
+            labels=labels,
+            options=options,
+            taxonomy=None if labels else taxonomy,
+            workers=workers,
+            shard_size=shard_size,
+        )
+    except (OSError, ValueError) as e:
+        typer.echo(f"hpacell crop: error: {e}", err=True)
+        raise typer.Exit(code=1) from None
+    report = {
+        "images": summary.n_images,
+        "skipped_done": summary.n_skipped,
+        "cells": summary.n_cells,
+        "failed": len(summary.failed),
+        "images_without_labels": len(summary.images_without_labels) if labels else None,
+        "label_ids_without_images": len(summary.labels_without_images) if labels else None,
+    }
+    typer.echo(json.dumps(report))
+    if summary.failed:
+        for image_id, err in sorted(summary.failed.items()):
+            typer.echo(f"failed: {image_id}: {err}", err=True)
+        log.error("%d images failed (see %s)", len(summary.failed), out / "crop_status.parquet")
+        raise typer.Exit(code=1)
