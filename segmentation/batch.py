@@ -10,7 +10,9 @@ with its error and the run goes on.
 
 CPU backends run in ``workers`` processes (the backend is built once per
 process); a backend on a GPU (``backend.uses_gpu``) runs in this process on
-batches of ``backend.batch_size`` images.
+batches of ``backend.batch_size`` images, and when it splits its work into a
+device part and a CPU part (``infer_batch`` + ``postprocess``, as the
+hpacellseg backend does) the CPU part runs in ``workers`` processes meanwhile.
 
 The status table (``OUT/segmentation.parquet`` unless ``table`` is given) has one
 row per image: ``ID, width, height, n_cells, backend, seconds, status, error``.
@@ -21,10 +23,11 @@ atomically, also every ``checkpoint_every`` images during a run.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -174,48 +177,105 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _finish_one(args: tuple) -> tuple[dict[str, Any] | None, str | None, float]:
+    """Worker side of a deferred backend: labels from the device output, then the files."""
+    image_id, raw, image, fn, options, out_dir, overlays = args
+    t0 = time.perf_counter()
+    try:
+        cells, nuclei = fn(raw, image.shape[1:], **options)
+        value = _write_outputs(image_id, image, np.asarray(cells), np.asarray(nuclei), out_dir, overlays)
+        return value, None, time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - recorded per image
+        return None, _err(e), time.perf_counter() - t0
+
+
+def _per_image(fn: Any, images: list[np.ndarray], good: list[int]) -> dict[int, Any]:
+    """``fn(list_of_images)`` on the ``good`` images; on failure image by image, to find the culprit."""
+    try:
+        return dict(zip(good, fn([images[i] for i in good]), strict=True))
+    except Exception as e:  # noqa: BLE001
+        log.warning("batch of %d failed (%s); retrying image by image", len(good), _err(e))
+    outs: dict[int, Any] = {}
+    for i in good:
+        try:
+            outs[i] = fn([images[i]])[0]
+        except Exception as e1:  # noqa: BLE001
+            outs[i] = e1
+    return outs
+
+
 def _run_batches(
-    backend: Backend, todo: list[tuple[str, dict[str, Path]]], out_dir: Path, overlays: bool
+    backend: Backend, todo: list[tuple[str, dict[str, Path]]], out_dir: Path, overlays: bool, workers: int = 1
 ) -> Iterator[JobResult]:
-    """Segment ``todo`` in batches in this process; image reading overlaps the device work."""
+    """Segment ``todo`` in batches on the backend's device, in this process.
+
+    Image reading overlaps the device work (threads). With ``workers > 1`` and a
+    backend that splits its work (``infer_batch`` on the device + ``postprocess``,
+    a picklable CPU function), the labelling and writing run in ``workers``
+    processes while the device goes on with the next batch.
+    """
     size = max(1, int(getattr(backend, "batch_size", 8)))
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    deferred = (
+        workers > 1 and callable(getattr(backend, "infer_batch", None)) and hasattr(backend, "postprocess")
+    )
+    fn, options = backend.postprocess() if deferred else (None, {})
+    # spawn: the workers never inherit the parent's CUDA state
+    procs = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if deferred else None
+    )
+    running: dict[Future, tuple[str, float]] = {}
     bar = tqdm(total=len(todo), desc="segment", disable=None, unit="img")
-    with ThreadPoolExecutor(max_workers=min(8, size)) as pool:
-        pending = [pool.submit(_read, p) for _, p in chunks[0]] if chunks else []
-        for k, chunk in enumerate(chunks):
-            t0 = time.perf_counter()
-            images = [f.result() for f in pending]
-            if k + 1 < len(chunks):  # prefetch the next batch while this one runs
-                pending = [pool.submit(_read, p) for _, p in chunks[k + 1]]
-            good = [i for i, im in enumerate(images) if not isinstance(im, Exception)]
-            try:
-                outs: dict[int, Any] = dict(
-                    zip(good, backend.segment_batch([images[i] for i in good]), strict=True)
-                )
-            except Exception as e:  # noqa: BLE001 - find the culprit image by image
-                log.warning("batch of %d failed (%s); retrying image by image", len(good), _err(e))
-                outs = {}
-                for i in good:
-                    try:
-                        outs[i] = backend.segment(images[i])
-                    except Exception as e1:  # noqa: BLE001
-                        outs[i] = e1
-            share = (time.perf_counter() - t0) / max(1, len(chunk))
-            for i, (image_id, _) in enumerate(chunk):
-                t1 = time.perf_counter()
-                res = outs.get(i, images[i])
-                if isinstance(res, Exception):
-                    yield JobResult(image_id, error=_err(res), seconds=share)
-                else:
-                    try:
-                        cells, nuclei = (np.asarray(a) for a in res)
-                        value = _write_outputs(image_id, images[i], cells, nuclei, out_dir, overlays)
-                        yield JobResult(image_id, value=value, seconds=share + time.perf_counter() - t1)
-                    except Exception as e:  # noqa: BLE001
-                        yield JobResult(image_id, error=_err(e), seconds=share)
+
+    def collect(block: bool) -> Iterator[JobResult]:
+        while running and (block or len(running) >= 2 * workers):
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                image_id, share = running.pop(fut)
+                value, error, seconds = fut.result()
                 bar.update()
-    bar.close()
+                yield JobResult(image_id, value=value, error=error, seconds=share + seconds)
+        for fut in [f for f in running if f.done()]:
+            image_id, share = running.pop(fut)
+            value, error, seconds = fut.result()
+            bar.update()
+            yield JobResult(image_id, value=value, error=error, seconds=share + seconds)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, size)) as readers:
+            pending = [readers.submit(_read, p) for _, p in chunks[0]] if chunks else []
+            for k, chunk in enumerate(chunks):
+                t0 = time.perf_counter()
+                images = [f.result() for f in pending]
+                if k + 1 < len(chunks):  # prefetch the next batch while this one runs
+                    pending = [readers.submit(_read, p) for _, p in chunks[k + 1]]
+                good = [i for i, im in enumerate(images) if not isinstance(im, Exception)]
+                run = backend.infer_batch if deferred else backend.segment_batch
+                outs = _per_image(run, images, good) if good else {}
+                share = (time.perf_counter() - t0) / max(1, len(chunk))
+                for i, (image_id, _) in enumerate(chunk):
+                    res = outs.get(i, images[i])
+                    if isinstance(res, Exception):
+                        bar.update()
+                        yield JobResult(image_id, error=_err(res), seconds=share)
+                    elif deferred:
+                        job = (image_id, res, images[i], fn, options, out_dir, overlays)
+                        running[procs.submit(_finish_one, job)] = (image_id, share)
+                        yield from collect(block=False)
+                    else:
+                        t1 = time.perf_counter()
+                        try:
+                            cells, nuclei = (np.asarray(a) for a in res)
+                            value = _write_outputs(image_id, images[i], cells, nuclei, out_dir, overlays)
+                            yield JobResult(image_id, value=value, seconds=share + time.perf_counter() - t1)
+                        except Exception as e:  # noqa: BLE001
+                            yield JobResult(image_id, error=_err(e), seconds=share)
+                        bar.update()
+            yield from collect(block=True)
+    finally:
+        if procs is not None:
+            procs.shutdown(cancel_futures=True)
+        bar.close()
 
 
 # --------------------------------------------------------------------------- the status table
@@ -358,7 +418,7 @@ def segment_folder(
     if todo:
         model = get_backend(backend, **options)  # fails early (e.g. missing model files) before any work
         if getattr(model, "uses_gpu", False):
-            results = _run_batches(model, todo, out_dir, overlays)
+            results = _run_batches(model, todo, out_dir, overlays, workers)
         else:
             if workers <= 1:
                 _WORKER_BACKENDS[(backend, repr(sorted(options.items())))] = model

@@ -283,6 +283,15 @@ def label_cells(
     return cells.astype(np.uint32), nuclei_out
 
 
+def maps_to_labels(
+    maps: np.ndarray, shape: tuple[int, int], **label_options: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(cells, nuclei)`` from model-scale maps ``(4, h, w)`` (nuclei border, nuclei foreground,
+    cell border, cell foreground): resized to ``shape`` (H, W), then :func:`label_cells`."""
+    nb, nf, cb, cf = full_resolution(maps, maps.shape[1:], shape)
+    return label_cells(nf, nb, cf, cb, **label_options)
+
+
 # --------------------------------------------------------------------------- the backend
 class HpaCellSegBackend:
     """The HPA DPN-UNet nuclei + 3-channel cell models (see the module docs).
@@ -356,9 +365,13 @@ class HpaCellSegBackend:
                 )
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
-    def predict_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Full-resolution probability maps per image: ``(4, H, W)`` float32 =
-        nuclei border, nuclei foreground, cell border, cell foreground."""
+    def infer_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The device part: per image, the models' maps at model scale, cropped to the image.
+
+        Each is ``(4, h, w)`` float32 = nuclei border, nuclei foreground, cell
+        border, cell foreground; :func:`maps_to_labels` finishes them (on the CPU,
+        possibly in another process; see :meth:`postprocess`).
+        """
         out: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -368,11 +381,22 @@ class HpaCellSegBackend:
             inputs = [model_inputs(im, self.scale_factor) for im in chunk]
             nuc = self._forward(self.nuclei_model, pad_batch([a for a, _ in inputs]))
             cell = self._forward(self.cell_model, pad_batch([b for _, b in inputs]))
-            for i, im in enumerate(chunk):
-                scaled = inputs[i][0].shape[1:]
-                maps = np.concatenate([nuc[i, 1:3], cell[i, 1:3]])
-                out.append(full_resolution(maps, scaled, im.shape[1:]))
+            for i in range(len(chunk)):
+                h, w = inputs[i][0].shape[1:]
+                out.append(np.ascontiguousarray(np.concatenate([nuc[i, 1:3, :h, :w], cell[i, 1:3, :h, :w]])))
         return out
+
+    def postprocess(self) -> tuple[Any, dict[str, Any]]:
+        """``(function, options)`` turning one :meth:`infer_batch` result into labels:
+        ``function(maps, (H, W), **options) -> (cells, nuclei)``; picklable, for worker processes."""
+        return maps_to_labels, dict(self.label_options)
+
+    def predict_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Full-resolution ``(4, H, W)`` probability maps per image (see :meth:`infer_batch`)."""
+        return [
+            full_resolution(m, m.shape[1:], im.shape[1:])
+            for m, im in zip(self.infer_batch(images), images, strict=True)
+        ]
 
     def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(cells, nuclei)`` uint32 label images of one ``(4, H, W)`` image set."""
@@ -380,8 +404,7 @@ class HpaCellSegBackend:
 
     def segment_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Segment several image sets, ``batch_size`` at a time on the device."""
-        results = []
-        for maps in self.predict_maps(images):
-            nb, nf, cb, cf = maps
-            results.append(label_cells(nf, nb, cf, cb, **self.label_options))
-        return results
+        maps = self.infer_batch(images)
+        return [
+            maps_to_labels(m, im.shape[1:], **self.label_options) for m, im in zip(maps, images, strict=True)
+        ]

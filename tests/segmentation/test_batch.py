@@ -237,3 +237,41 @@ def test_stale_table_temp_is_removed(images, tmp_path):
     stale.write_bytes(b"x")
     segment_folder(images, out, backend="standin", ids=["a_ok"])
     assert not stale.exists()
+
+
+def test_gpu_backend_labels_in_worker_processes(tmp_path, monkeypatch):
+    import torch
+    from hpacellseg_standin import StandInUNet
+
+    from segmentation.backends.hpacellseg import HpaCellSegBackend
+
+    d = tmp_path / "images"
+    for k in range(3):
+        write_set(d, f"img{k}", make_image(256, 320, seed=k))
+    (d / "img1_blue.png").write_bytes(b"broken")
+    torch.save(StandInUNet(), tmp_path / "m.pth")
+    monkeypatch.setattr(HpaCellSegBackend, "uses_gpu", True)  # take the device path on the CPU
+    options = dict(nuclei_model=tmp_path / "m.pth", cell_model=tmp_path / "m.pth", device="cpu", batch_size=2,
+                   min_nucleus_size=20, min_cell_size=50, closing_radius=1)  # fmt: skip
+    import segmentation.batch as batch
+
+    pools = []
+
+    class Spy(batch.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "ProcessPoolExecutor", Spy)
+    one = segment_folder(d, tmp_path / "one", backend="hpacellseg", backend_options=options)
+    assert pools == []
+    two = segment_folder(d, tmp_path / "two", backend="hpacellseg", backend_options=options, workers=2)
+    assert pools == [(2,)]  # the labelling ran in 2 worker processes
+    cols = ["ID", "width", "height", "n_cells", "status", "error"]
+    pd.testing.assert_frame_equal(one[cols], two[cols])
+    assert list(two["status"]) == ["ok", "failed", "ok"] and (two.loc[[0, 2], "n_cells"] == 3).all()
+    for i in ("img0", "img2"):
+        for a, b in zip(
+            mask_paths(tmp_path / "one" / "masks", i), mask_paths(tmp_path / "two" / "masks", i), strict=True
+        ):
+            np.testing.assert_array_equal(read_mask(a), read_mask(b))
