@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from workflows.cli import app
+
+
+@pytest.fixture
+def cells_dir(tmp_path):
+    """A tiny cell dataset in the hpacell crop layout: 16 images x 3 cells, 32 px, 3 classes."""
+    rng = np.random.default_rng(0)
+    n_img, per, size = 16, 3, 32
+    rows, crops = [], []
+    for i in range(n_img):
+        labels = [i % 3] + ([(i + 1) % 3] if i % 5 == 0 else [])
+        for c in range(1, per + 1):
+            crop = rng.integers(0, 30, (4, size, size), dtype=np.uint8)
+            for k in labels:
+                crop[1, k * 10 : k * 10 + 10] = 220
+            crops.append(crop)
+            rows.append(
+                {
+                    "cell_uid": f"im{i}_{c}",
+                    "image_id": f"im{i}",
+                    "cell": c,
+                    "shard": 0,
+                    "row": len(rows),
+                    "labels": labels,
+                    "feat_area": float(rng.integers(100, 200)),
+                }
+            )
+    d = tmp_path / "cells"
+    d.mkdir()
+    np.save(d / "shard-00000.npy", np.stack(crops))
+    pd.DataFrame(rows).to_parquet(d / "cells.parquet")
+    meta = {"version": 1, "crop_size": size, "channels": ["red", "green", "blue", "yellow"], "taxonomy": "t"}
+    meta |= {"classes": ["a", "b", "c"], "n_cells": len(rows), "feature_columns": ["feat_area"]}
+    (d / "meta.json").write_text(json.dumps(meta))
+    truth = ["ID,cell,Label"] + [f"{r['image_id']},{r['cell']},{r['labels'][0]}" for r in rows]
+    (tmp_path / "truth.csv").write_text("\n".join(truth) + "\n")
+    return d
+
+
+def test_train_cells_cli_run_resume_and_find_lr(tmp_path, cells_dir):
+    run = tmp_path / "run"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("embedding_dim: 16\nnum_workers: 0\nfolds: 4\nlr_find_steps: 12\nuse_features: true\n")
+    args = ["train-cells", str(cells_dir), "--out", str(run), "--config", str(cfg), "--model", "resnet18"]
+    args += ["--batch-size", "8", "--device", "cpu", "--cell-truth", str(tmp_path / "truth.csv")]
+    r = CliRunner().invoke(app, [*args, "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    last = json.loads(r.output.strip().splitlines()[-1])
+    assert last["val_targets"] == "cell_truth" and 0.0 <= last["val_macro_f1"] <= 1.0
+    for f in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "curves.png"):
+        assert (run / f).is_file(), f
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["feature_columns"] == ["feat_area"] and ckpt["config"]["model"] == "resnet18"
+
+    r = CliRunner().invoke(app, [*args, "--epochs", "1"])  # not --resume: refuses to overwrite
+    assert r.exit_code == 1 and "--resume" in r.output
+
+    r = CliRunner().invoke(app, [*args, "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+
+    r = CliRunner().invoke(app, [*args, "--find-lr"])
+    assert r.exit_code == 0, r.output
+    assert (run / "lr_find.png").is_file() and "suggested_lr" in r.output
+
+
+def test_train_cells_cli_errors(tmp_path, cells_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    r = CliRunner().invoke(
+        app, ["train-cells", str(cells_dir), "--out", str(tmp_path / "r"), "--config", str(bad)]
+    )
+    assert r.exit_code == 1 and "epochz" in r.output
+    r = CliRunner().invoke(app, ["train-cells", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "not found" in r.output
