@@ -125,10 +125,21 @@ def class_montages(
         p = cell_scores[str(c)].to_numpy()
         top = np.argsort(-p, kind="stable")[:n]
         rows = int(np.ceil(len(top) / cols)) or 1
-        canvas = np.zeros((rows * (tile + 14), cols * tile, 3), np.uint8)
+        head = 18
+        canvas = np.zeros((head + rows * (tile + 14), cols * tile, 3), np.uint8)
+        cv2.putText(
+            canvas,
+            f"{c} {name}: top {len(top)} cells"[:60],
+            (2, 13),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (255, 255, 0),
+            1,
+            cv2.LINE_AA,
+        )
         for k, i in enumerate(top):
             rgb = cv2.resize(_crop_rgb(crops[i]), (tile, tile), interpolation=cv2.INTER_AREA)
-            y, x = (k // cols) * (tile + 14), (k % cols) * tile
+            y, x = head + (k // cols) * (tile + 14), (k % cols) * tile
             canvas[y : y + tile, x : x + tile] = rgb
             cv2.putText(
                 canvas,
@@ -189,6 +200,21 @@ def image_overlays(
         fig, ax = _figure(10, 10 * rgb.shape[0] / rgb.shape[1])
         ax.imshow(rgb)
         ax.set_axis_off()
+        if {"x0", "y0", "x1", "y1"} <= set(rows.columns):  # top class id at each cell's box centre
+            cx = (rows["x0"].to_numpy() + rows["x1"].to_numpy()) / 2 * scale
+            cy = (rows["y0"].to_numpy() + rows["y1"].to_numpy()) / 2 * scale
+            for x, y, k in zip(cx, cy, top, strict=True):
+                ax.text(
+                    x,
+                    y,
+                    str(k),
+                    color="white",
+                    fontsize=9,
+                    ha="center",
+                    va="center",
+                    weight="bold",
+                    bbox={"facecolor": colors[k] / 255, "alpha": 0.8, "pad": 1, "linewidth": 0},
+                )
         present = sorted(set(top.tolist()))
         handles = [Rectangle((0, 0), 1, 1, color=colors[k] / 255) for k in present]
         ax.legend(

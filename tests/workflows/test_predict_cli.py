@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from classifier.evaluate import read_truth
-from classifier.submission import prediction_string, write_submission
+from classifier.submission import prediction_string, read_submission, write_submission
 from workflows.cli import app
 
 runner = CliRunner()
@@ -74,3 +74,102 @@ def test_evaluate_wrong_confidences_score_lower_and_errors_exit_1(synth_dir, tmp
     assert value < 1.0 and json.loads(js.read_text())["mAP_strict"] < 0.5
     res = runner.invoke(app, ["evaluate", str(tmp_path / "none.csv"), "--truth", str(synth_dir)])
     assert res.exit_code == 1 and "not found" in res.output
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from classifier.config import TrainConfig
+    from classifier.model import model_from_config
+
+    torch.manual_seed(0)
+    config = TrainConfig(model="resnet18", embedding_dim=16).model_dump(mode="json")
+    model = model_from_config(config, 19)
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    from cellcrops.labels import HPA2021
+
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "ema": None,
+            "epoch": 0,
+            "config": config,
+            "classes": list(HPA2021.classes),
+            "taxonomy": "hpa2021",
+            "thresholds": [0.5] * 19,
+            "feature_columns": [],
+            "crop_size": 32,
+            "metrics": {},
+        },
+        path,
+    )
+    return path
+
+
+def test_predict_on_the_fly_then_evaluate(synth_dir, tiny_checkpoint, tmp_path):
+    pred = tmp_path / "pred"
+    ids = tmp_path / "ids.csv"
+    truth = read_truth(synth_dir)
+    sizes = {t.image_id: (t.width, t.height) for t in truth} | {"no-cells": (64, 64)}
+    write_submission([], ids, ids=["no-cells", *sorted(t.image_id for t in truth)], sizes=sizes)
+    args = ["predict", str(tiny_checkpoint), "--images", str(synth_dir / "images"), "--masks",
+            str(synth_dir / "masks"), "--out", str(pred), "--ids", str(ids), "--tta", "--embeddings",
+            "--num-workers", "0", "--batch-size", "8"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    n_cells = sum(len(t.cells) for t in truth)
+    assert json.loads(res.output.strip().splitlines()[-1])["cells"] == n_cells
+    import pandas as pd
+
+    cells = pd.read_parquet(pred / "cell_scores.parquet")
+    assert len(cells) == n_cells and len(cells["embedding"].iloc[0]) == 16
+    assert {str(c) for c in range(19)} <= set(cells.columns)
+    img = pd.read_csv(pred / "image_scores.csv", dtype={"ID": str})
+    assert img.set_index("ID").loc[truth[0].image_id, "3"] == pytest.approx(
+        cells.loc[cells["image_id"] == truth[0].image_id, "3"].max(), abs=1e-6
+    )
+    subs = read_submission(pred / "submission.csv")
+    assert [s.image_id for s in subs][0] == "no-cells" and len(subs[0]) == 0
+    assert sum(len(s) for s in subs) == 19 * n_cells
+    assert (pred / "report" / "montage_18_Negative.png").is_file()
+    assert len(list((pred / "report").glob("overlay_*.png"))) == 4
+
+    # blending with image-level scores: a class scored 0 at image level vanishes from the confidences
+    img_scores = img.copy()
+    img_scores["5"] = 0.0
+    img_scores.to_csv(tmp_path / "img.csv", index=False)
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tiny_checkpoint),
+            "--cells",
+            str(pred / "cells"),
+            "--out",
+            str(pred),
+            "--image-scores",
+            str(tmp_path / "img.csv"),
+            "--image-power",
+            "2",
+            "--no-report",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "reusing the cell scores" in res.output  # a rerun skips the finished inference
+    subs = read_submission(pred / "submission.csv")  # masks come from the dataset's meta.json
+    conf5 = [c for s in subs for k, c in zip(s.classes, s.confidences, strict=True) if k == 5]
+    assert len(conf5) == n_cells and max(conf5) == 0.0
+
+    res = runner.invoke(app, ["evaluate", str(pred / "submission.csv"), "--truth", str(synth_dir)])
+    assert res.exit_code == 0, res.output
+    assert 0.0 <= float(res.output.strip().splitlines()[-1].split("=")[1]) <= 1.0
+
+
+def test_predict_bad_arguments_exit_1(tiny_checkpoint, tmp_path):
+    res = runner.invoke(app, ["predict", str(tiny_checkpoint), "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "--cells or --images" in res.output
+    res = runner.invoke(
+        app, ["predict", str(tmp_path / "none.pt"), "--cells", str(tmp_path), "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 1 and "error" in res.output
