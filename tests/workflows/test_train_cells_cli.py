@@ -82,3 +82,13 @@ def test_train_cells_cli_errors(tmp_path, cells_dir):
     assert r.exit_code == 1 and "epochz" in r.output
     r = CliRunner().invoke(app, ["train-cells", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_example_config_validates():
+    from pathlib import Path
+
+    from classifier.config import TrainConfig
+    from workflows.config import load_config
+
+    cfg = load_config(TrainConfig, Path(__file__).parents[2] / "workflows" / "configs" / "train_cells.yaml")
+    assert cfg.model == "resnet50" and cfg.sampler == "pk"
