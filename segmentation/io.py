@@ -43,6 +43,10 @@ _FILE_RE = re.compile(
 )
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class ImageSetError(ValueError):
     """A problem with one input file or image set; the message names the file."""
 
@@ -81,10 +85,20 @@ def find_image_sets(folder: str | os.PathLike, complete_only: bool = False) -> d
         channel = m["channel"].lower()
         files = sets.setdefault(m["id"], {})
         if channel in files:
-            raise ImageSetError(
-                f"{folder / entry.name}: image {m['id']!r} has two {channel} files "
-                f"({files[channel].name} and {entry.name})"
+            # Keep one file per channel (by extension preference) so one odd image never aborts a batch.
+            keep = min(
+                files[channel], Path(entry.path), key=lambda p: IMAGE_EXTENSIONS.index(p.suffix.lower())
             )
+            log.warning(
+                "image %r has two %s files (%s, %s): using %s",
+                m["id"],
+                channel,
+                files[channel].name,
+                entry.name,
+                keep.name,
+            )
+            files[channel] = keep
+            continue
         files[channel] = Path(entry.path)
     if complete_only:
         sets = {k: v for k, v in sets.items() if len(v) == len(CHANNELS)}
@@ -310,6 +324,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import cv2
@@ -124,3 +125,13 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         atomic_write_bytes(target, None)  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_duplicate_channel_prefers_png_and_outputs_are_world_readable(tmp_path):
+    _write_set(tmp_path, "g")
+    cv2.imwrite(str(tmp_path / "g_red.tif"), np.zeros((40, 60), np.uint8))
+    assert find_image_sets(tmp_path)["g"]["red"].name == "g_red.png"
+    out = write_mask(tmp_path / "m.png", np.zeros((4, 4), np.uint16))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
