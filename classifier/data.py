@@ -192,6 +192,7 @@ class TrainData:
     val_truth: np.ndarray | None = None
     val_truth_mask: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    in_chans: int = 4  # channels of the model input (e.g. 1 for green-only images)
 
 
 def read_cell_truth(path: str | os.PathLike, table, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -195,11 +195,14 @@ def load_pretrained(backbone: nn.Module, path: str | os.PathLike, fourth_channel
     log.info("loaded %d pretrained tensors from %s", len(out), path)
 
 
-def model_from_config(config: dict[str, Any], num_classes: int, n_features: int = 0) -> CellClassifier:
+def model_from_config(
+    config: dict[str, Any], num_classes: int, n_features: int = 0, in_chans: int = 4
+) -> CellClassifier:
     """Build the (untrained) model described by a resolved train config dict."""
     return create_model(
         config["model"],
         num_classes=num_classes,
+        in_chans=in_chans,
         pool=config.get("pool", "avgmax"),
         embedding_dim=config.get("embedding_dim", 512),
         dropout=config.get("dropout", 0.3),
@@ -223,6 +226,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     for key in ("model", "config", "classes"):
         if key not in ckpt:
             raise ValueError(f"{path}: not an hpacell checkpoint (no {key!r})")
-    model = model_from_config(ckpt["config"], len(ckpt["classes"]), len(ckpt.get("feature_columns") or []))
+    model = model_from_config(
+        ckpt["config"],
+        len(ckpt["classes"]),
+        len(ckpt.get("feature_columns") or []),
+        in_chans=int(ckpt.get("in_chans", 4)),
+    )
     model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])
     return model.to(device).eval(), ckpt

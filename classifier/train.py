@@ -138,6 +138,7 @@ def build_model(config: TrainConfig, data: TrainData) -> CellClassifier:
     return create_model(
         config.model,
         num_classes=len(data.classes),
+        in_chans=data.in_chans,
         pretrained=config.pretrained,
         pool=config.pool,
         embedding_dim=config.embedding_dim,
@@ -498,6 +499,7 @@ def fit(
         "taxonomy": data.taxonomy,
         "feature_columns": list(data.feature_columns),
         "crop_size": int(data.crop_size),
+        "in_chans": int(data.in_chans),
     }
     val_loader = make_eval_loader(data.val, config) if dist_info.is_main else None
     ddp_model: nn.Module = model
