@@ -14,7 +14,17 @@ import typer
 
 # Order = order in ``hpacell --help``. Each name is a module of workflows.commands
 # exposing ``command`` (the Typer callback).
-COMMANDS: tuple[str, ...] = ("synth", "segment", "crop", "merge-cells", "train-cells", "predict", "evaluate")
+COMMANDS: tuple[str, ...] = (
+    "synth",
+    "segment",
+    "crop",
+    "merge-cells",
+    "train-cells",
+    "train-images",
+    "predict",
+    "predict-images",
+    "evaluate",
+)
 
 app = typer.Typer(
     name="hpacell",
