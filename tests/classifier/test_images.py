@@ -172,3 +172,13 @@ def test_tiny_run_on_real_images(taxonomy, shared_data, real_ids, tmp_path_facto
     _, ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["taxonomy"] == taxonomy and len(ckpt["classes"]) == (28 if taxonomy == "hpa2018" else 19)
     assert sorted(p.stem for p in (cache / "64px-rgby").glob("*.npy")) == real_ids
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    from workflows.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "workflows" / "configs" / "train_images.yaml"
+    cfg = load_config(ImageTrainConfig, path)
+    assert cfg.crop_size == 512 and cfg.channels == ["red", "green", "blue", "yellow"]
