@@ -1,0 +1,35 @@
+import json
+import re
+
+from typer.testing import CliRunner
+
+from workflows.cli import app
+
+
+def test_demo_runs_to_summary_and_resumes(tmp_path):
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("train_images: 10\ntest_images: 2\nsize: 384\nepochs: 1\nbatch_size: 16\nworkers: 1\n")
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert re.fullmatch(r"mAP=\d\.\d{6}", last)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["evaluation"]["mAP"] <= 1.0
+    assert summary["segmentation"]["true_cells"] > 0 and summary["segmentation"]["recall"] > 0.5
+    assert (out / "predict" / "submission.csv").is_file()
+    assert list((out / "predict" / "report").glob("*.png"))
+    assert (out / "run" / "best.pt").is_file()
+    # A rerun skips finished work: training is not repeated, and the figures are the same.
+    mtime = (out / "run" / "last.pt").stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--config", str(cfg)])
+    assert again.exit_code == 0, again.output
+    assert (out / "run" / "last.pt").stat().st_mtime_ns == mtime
+    assert again.output.strip().splitlines()[-1] == last
+
+
+def test_demo_rejects_bad_config(tmp_path):
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("epochz: 1\n")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--config", str(cfg)])
+    assert res.exit_code == 1 and "epochz" in res.output

@@ -1,0 +1,240 @@
+"""``hpacell demo``: the whole pipeline on generated data, small enough for a laptop CPU.
+
+synth (train + held-out test images with per-cell truth) → segment (builtin) →
+crop → train-cells (small model) → predict (test images) → evaluate (mAP@0.6
+against the synthetic truth) → report. ``real`` also segments, crops and
+scores real HPA images with the demo model and writes overlays.
+
+Each step is the library function behind the matching command, so the demo
+exercises exactly what users run. Steps resume: a rerun into the same folder
+skips finished work (segment, crop and predict outputs are kept; training
+resumes from ``last.pt``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from workflows.config import StrictModel, save_config
+
+log = logging.getLogger(__name__)
+
+
+class DemoConfig(StrictModel):
+    """Sizes of the demo run (defaults: about 5 minutes on 2 CPU cores)."""
+
+    train_images: int = Field(96, ge=8, description="synthetic training images")
+    test_images: int = Field(16, ge=1, description="held-out synthetic images scored and evaluated")
+    size: int = Field(512, ge=128, description="synthetic image side (px)")
+    seed: int = 0
+    crop_size: int = Field(64, ge=16)
+    model: str = "resnet18"
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
+    device: str = "auto"
+
+
+def _segment_agreement(seg_masks: Path, truth_masks: Path, ids: list[str]) -> dict[str, float]:
+    """Pooled one-to-one IoU>=0.6 agreement of our masks with the synthetic truth."""
+    from segmentation.io import mask_paths, read_mask
+    from segmentation.matching import segmentation_scores
+
+    matched = n_pred = n_ref = 0
+    ious: list[float] = []
+    for image_id in ids:
+        pred = read_mask(mask_paths(seg_masks, image_id)[0])
+        ref = read_mask(mask_paths(truth_masks, image_id)[0])
+        s = segmentation_scores(pred, ref)
+        matched += s.n_matched
+        n_pred += s.n_pred
+        n_ref += s.n_ref
+        ious.extend([s.mean_iou] * s.n_matched)
+    return {
+        "recall": matched / max(n_ref, 1),
+        "precision": matched / max(n_pred, 1),
+        "mean_iou": float(np.mean(ious)) if ious else 0.0,
+        "true_cells": n_ref,
+        "found_cells": n_pred,
+    }
+
+
+def _segment(images: Path, out: Path, workers: int, overlays: bool = False) -> Path:
+    from segmentation.batch import segment_folder
+
+    table = segment_folder(images, out, workers=workers, overlays=overlays)
+    failed = table[table["status"] != "ok"]
+    if len(failed):
+        raise RuntimeError(f"segmentation failed for {len(failed)} images, e.g. {failed.iloc[0]['error']}")
+    return out / "masks"
+
+
+def _crop(images: Path, masks: Path, out: Path, size: int, workers: int, labels: Path | None = None) -> Path:
+    from cellcrops.shards import CropOptions, build_cell_dataset
+
+    summary = build_cell_dataset(
+        images, masks, out, labels=labels, options=CropOptions(size=size), workers=workers
+    )
+    if summary.failed:
+        raise RuntimeError(f"cropping failed: {summary.failed}")
+    return out
+
+
+def run_demo(
+    out: str | os.PathLike,
+    config: DemoConfig | None = None,
+    real: str | os.PathLike | None = None,
+    say: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the summary (also ``out/summary.json``)."""
+    from cellcrops.synth import make_dataset
+    from classifier.config import TrainConfig
+    from classifier.data import build_cell_data
+    from classifier.evaluate import evaluate_files
+    from classifier.predict import CELL_SCORES, PredictConfig, make_report, run_predict
+    from classifier.report import plot_ap_bars, plot_pr_curves
+    from classifier.train import fit
+    from segmentation.io import atomic_write_bytes
+
+    cfg = config or DemoConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "demo.yaml")
+    summary: dict[str, Any] = {"out": str(out), "seconds": {}}
+    t_all = time.perf_counter()
+
+    def step(name: str, text: str):
+        say(f"[{len(summary['seconds']) + 1}/7] {text}")
+        return _Timer(summary["seconds"], name)
+
+    with step("synth", f"synthetic data: {cfg.train_images} training + {cfg.test_images} test images"):
+        train_dir, test_dir = out / "synth-train", out / "synth-test"
+        make_dataset(train_dir, cfg.train_images, cfg.size, cfg.seed, workers=cfg.workers)
+        make_dataset(test_dir, cfg.test_images, cfg.size, cfg.seed + 10_000, workers=cfg.workers)
+
+    with step("segment", "segment (builtin backend)"):
+        train_masks = _segment(train_dir / "images", out / "segment-train", cfg.workers)
+        test_masks = _segment(test_dir / "images", out / "segment-test", cfg.workers, overlays=True)
+        test_ids = sorted(
+            p.name[: -len("_cellmask.png")] for p in (test_dir / "masks").glob("*_cellmask.png")
+        )
+        summary["segmentation"] = _segment_agreement(test_masks, test_dir / "masks", test_ids)
+
+    with step("crop", f"crop cells ({cfg.crop_size} px)"):
+        train_cells = _crop(
+            train_dir / "images", train_masks, out / "cells-train", cfg.crop_size, cfg.workers,
+            labels=train_dir / "train.csv",
+        )  # fmt: skip
+        test_cells = _crop(test_dir / "images", test_masks, out / "cells-test", cfg.crop_size, cfg.workers)
+
+    run = out / "run"
+    with step("train", f"train-cells ({cfg.model}, {cfg.epochs} epochs, {cfg.device})"):
+        tcfg = TrainConfig(
+            model=cfg.model, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=cfg.device,
+            seed=cfg.seed, folds=5, warmup_epochs=1, num_workers=min(cfg.workers, 2),
+        )  # fmt: skip
+        save_config(tcfg, run / "config.yaml")
+        done = _finished_epochs(run)
+        if done < cfg.epochs:
+            fit(build_cell_data(train_cells, tcfg), tcfg, run, resume=(run / "last.pt").exists())
+        summary["train"] = _best_record(run)
+
+    pred = out / "predict"
+    with step("predict", "predict the held-out test images + Kaggle submission"):
+        pcfg = PredictConfig(device=cfg.device, workers=cfg.workers)
+        save_config(pcfg, pred / "predict.yaml")
+        run_predict(run / "best.pt", test_cells, pred, pcfg, masks_dir=test_masks)
+
+    with step("evaluate", "evaluate: mAP@0.6 against the synthetic per-cell truth"):
+        ev = evaluate_files(pred / "submission.csv", test_dir)
+        figures = ev.summary()
+        atomic_write_bytes(pred / "evaluation.json", json.dumps(figures, indent=2).encode())
+        summary["evaluation"] = {k: figures[k] for k in ("mAP", "mAP_strict", "macro_f1", "sample_f1")}
+
+    with step("report", "report (montages, overlays, PR curves)"):
+        import pandas as pd
+
+        report = pred / "report"
+        plot_pr_curves(ev, report / "pr_curves.png")
+        plot_ap_bars(ev, report / "ap_per_class.png")
+        meta = json.loads((test_cells / "meta.json").read_text())
+        table = pd.read_parquet(pred / CELL_SCORES)
+        make_report(pred, test_cells, table, meta["classes"], test_dir / "images", test_masks)
+        summary["report"] = str(report)
+
+    if real is not None:
+        say(f"[+] real images in {real}: segment, crop, predict with the demo model")
+        with _Timer(summary["seconds"], "real"):
+            real = Path(real)
+            real_out = out / "real"
+            masks = _segment(real, real_out / "segment", cfg.workers, overlays=True)
+            cells = _crop(real, masks, real_out / "cells", cfg.crop_size, cfg.workers)
+            res = run_predict(run / "best.pt", cells, real_out / "predict", pcfg, masks_dir=masks)
+            table = pd.read_parquet(real_out / "predict" / CELL_SCORES)
+            make_report(real_out / "predict", cells, table, meta["classes"], real, masks)
+            summary["real"] = {
+                "cells": res["n_cells"],
+                "overlays": str(real_out / "segment" / "overlays"),
+                "report": str(real_out / "predict" / "report"),
+            }
+
+    summary["seconds"]["total"] = round(time.perf_counter() - t_all, 1)
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The short human summary; its last line is ``mAP=<value>``."""
+    seg, ev = summary["segmentation"], summary["evaluation"]
+    lines = [
+        f"segmentation vs synthetic truth (IoU>=0.6): recall {seg['recall']:.3f}, precision "
+        f"{seg['precision']:.3f}, mean IoU {seg['mean_iou']:.3f} ({seg['true_cells']} true cells)",
+        f"cell mAP@0.6 {ev['mAP']:.3f} (strict, false positives in unlabelled classes counted: "
+        f"{ev['mAP_strict']:.3f})",
+        f"image macro-F1 {ev['macro_f1']:.3f}, sample-F1 {ev['sample_f1']:.3f}",
+        f"report: {summary['report']}",
+    ]
+    if "real" in summary:
+        lines.append(
+            f"real images: {summary['real']['cells']} cells; overlays in {summary['real']['overlays']}"
+        )
+    lines.append(f"total {summary['seconds']['total']:.0f} s; everything in {summary['out']}")
+    lines.append(f"mAP={ev['mAP']:.6f}")
+    return "\n".join(lines)
+
+
+class _Timer:
+    def __init__(self, store: dict[str, float], name: str) -> None:
+        self.store, self.name = store, name
+
+    def __enter__(self) -> _Timer:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store[self.name] = round(time.perf_counter() - self.t0, 1)
+
+
+def _finished_epochs(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    if not path.is_file() or not (run / "last.pt").is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def _best_record(run: Path) -> dict[str, Any]:
+    summary = run / "summary.json"
+    if summary.is_file():
+        best = json.loads(summary.read_text()).get("best", {})
+        return {k: best.get(k) for k in ("epoch", "val_macro_f1", "val_macro_f1_tuned", "val_map")}
+    return {}
