@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "predict",
     "predict-images",
     "evaluate",
+    "demo",
 )
 
 app = typer.Typer(
