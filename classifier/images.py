@@ -379,6 +379,8 @@ def train_images(
         text = "ID,error\n" + "".join(f"{k},{json.dumps(v)}\n" for k, v in failures.items())
         atomic_write_bytes(out / "failures.csv", text.encode())
     summary = fit(data, config, out, resume=resume)
+    if not summary:  # a distributed rank other than 0: rank 0 writes the outputs
+        return summary
     report = validation_report(
         out / "best.pt",
         data.val,
