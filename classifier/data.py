@@ -234,7 +234,6 @@ def read_cell_truth(path: str | os.PathLike, table, n_classes: int) -> tuple[np.
 def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainData:
     """Split a ``hpacell crop`` folder by image and wrap both sides as ``CellDataset``."""
     from cellcrops.dataset import CellDataset
-
     from classifier.split import image_split
 
     probe = CellDataset(cells_dir)

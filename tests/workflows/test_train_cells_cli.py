@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -92,3 +93,33 @@ def test_example_config_validates():
 
     cfg = load_config(TrainConfig, Path(__file__).parents[2] / "workflows" / "configs" / "train_cells.yaml")
     assert cfg.model == "resnet50" and cfg.sampler == "pk"
+
+
+@pytest.mark.slow
+def test_train_cells_ddp_two_cpu_ranks_with_torchrun(tmp_path, cells_dir):
+    """The documented torchrun launch: 2 gloo ranks on CPU, global triplet mining, rank 0 writes."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    run = tmp_path / "ddp"
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "workflows.cli",
+        "train-cells",
+        str(cells_dir),
+    ]
+    cmd += ["--out", str(run), "--model", "resnet18", "--batch-size", "8", "--epochs", "1", "--device", "cpu"]
+    cmd += ["--num-workers", "0", "--folds", "4", "--limit-train-batches", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    rec = json.loads((run / "metrics.jsonl").read_text())
+    assert rec["train_batches"] == 2 and rec["train_triplet"] >= 0
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
