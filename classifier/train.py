@@ -182,8 +182,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_
     total_steps = max(1, total_steps)
     if config.schedule == "cosine":
         return S.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.0)
-    if config.schedule == "onecycle":
-        return S.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=0.2)
+    if config.schedule == "onecycle" and total_steps >= 2:
+        # the warm-up phase must span at least one step, or torch divides by zero on tiny runs
+        pct = max(0.2, 1.5 / total_steps)
+        return S.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=min(pct, 0.75))
     if config.schedule == "cyclic":
         half = max(1, total_steps // (2 * max(1, min(config.epochs, 4))))
         return S.CyclicLR(

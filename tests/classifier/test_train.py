@@ -98,3 +98,18 @@ def test_lr_finder_restores_model(tmp_path, make_data):
     assert (tmp_path / "lr_find.png").is_file() and (tmp_path / "lr_find.json").is_file()
     assert 5 <= res["steps_run"] <= 20 and res["lrs"][0] == pytest.approx(1e-5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "cyclic", "constant"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 50])
+def test_schedules_step_through_tiny_and_normal_runs(schedule, steps):
+    from classifier.train import make_scheduler
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = make_scheduler(opt, TrainConfig(schedule=schedule, epochs=1), steps)
+    lrs = []
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(0 <= lr <= 1e-3 + 1e-12 for lr in lrs)
