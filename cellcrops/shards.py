@@ -387,7 +387,9 @@ def build_cell_dataset(
     failed: dict[str, str] = {}
     n_new = 0
     try:
-        for res in run_jobs(process_image, items(), workers=workers, desc="crop", total=len(todo)):
+        for res in run_jobs(
+            process_image, items(), workers=workers, desc="crop", total=len(todo), ordered=True
+        ):
             image_id = res.item.image_id
             if res.ok:
                 crops, table = res.value

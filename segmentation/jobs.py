@@ -50,8 +50,13 @@ def run_jobs(
     workers: int = 1,
     desc: str | None = None,
     total: int | None = None,
+    ordered: bool = False,
 ) -> Iterator[JobResult]:
     """Apply ``fn`` to each item; yield a :class:`JobResult` per item as it finishes.
+
+    With ``ordered=True`` results come in input order whatever the number of
+    workers (finished results wait for slower earlier ones), so outputs that
+    depend on the order, such as crop shards, are reproducible.
 
     Parameters
     ----------
@@ -76,16 +81,30 @@ def run_jobs(
                 yield res
             return
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            pending = set()
-            for item in items:
-                pending.add(pool.submit(_call, fn, item))
-                if len(pending) >= 2 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        bar.update()
+            pending: dict = {}  # future -> input position
+            finished: dict[int, JobResult] = {}
+            next_out = 0
+
+            def drain(futures) -> Iterator[JobResult]:
+                nonlocal next_out
+                for fut in futures:
+                    bar.update()
+                    if not ordered:
                         yield fut.result()
-            for fut in pending:
-                bar.update()
-                yield fut.result()
+                    else:
+                        finished[pending[fut]] = fut.result()
+                    del pending[fut]
+                while next_out in finished:
+                    yield finished.pop(next_out)
+                    next_out += 1
+
+            for position, item in enumerate(items):
+                pending[pool.submit(_call, fn, item)] = position
+                if len(pending) >= 2 * workers:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from drain(done)
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                yield from drain(done)
     finally:
         bar.close()

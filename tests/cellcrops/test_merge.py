@@ -51,3 +51,16 @@ def test_merge_refuses_incompatible_or_duplicate_parts(parts, tmp_path):
         merge_cell_datasets([parts[0], bad], tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="not a cell dataset"):
         merge_cell_datasets([tmp_path], tmp_path / "y")
+
+
+def test_crop_output_does_not_depend_on_worker_count(tmp_path):
+    syn = tmp_path / "syn"
+    make_dataset(syn, n_images=6, size=256, seed=3, cell_scale=0.5)
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        build_cell_dataset(syn / "images", syn / "masks", out, options=CropOptions(size=32), workers=workers)
+        outs.append(out)
+    a, b = (CellDataset(o) for o in outs)
+    assert list(a.table["cell_uid"]) == list(b.table["cell_uid"])
+    assert (outs[0] / "shard-00000.npy").read_bytes() == (outs[1] / "shard-00000.npy").read_bytes()

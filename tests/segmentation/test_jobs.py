@@ -1,0 +1,27 @@
+import time
+
+from segmentation.jobs import run_jobs
+
+
+def _slow_first(i: int) -> int:
+    if i == 3:
+        raise ValueError("bad item 3")
+    time.sleep(0.2 if i == 0 else 0.01)
+    return i * i
+
+
+def test_failures_are_recorded_and_the_rest_go_on():
+    results = list(run_jobs(_slow_first, range(6), workers=1))
+    assert [r.item for r in results] == list(range(6))
+    bad = [r for r in results if not r.ok]
+    assert len(bad) == 1 and bad[0].item == 3 and "ValueError: bad item 3" in bad[0].error
+    assert [r.value for r in results if r.ok] == [0, 1, 4, 16, 25]
+
+
+def test_parallel_unordered_and_ordered():
+    unordered = [r.item for r in run_jobs(_slow_first, range(8), workers=2)]
+    assert sorted(unordered) == list(range(8))
+    assert unordered != list(range(8))  # item 0 is slow: others finish first
+    ordered = list(run_jobs(_slow_first, range(8), workers=2, ordered=True))
+    assert [r.item for r in ordered] == list(range(8))
+    assert ordered[3].error and ordered[2].value == 4
