@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from segmentation.io import atomic_path, atomic_write_bytes
+from segmentation.io import atomic_file, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,8 @@ def merge_cell_datasets(parts: Sequence[str | os.PathLike], out: str | os.PathLi
     dup = cells["cell_uid"].duplicated()
     if dup.any():
         raise ValueError(f"cell {cells['cell_uid'][dup].iloc[0]!r} appears in more than one part")
-    tmp, final = atomic_path(out / "cells.parquet")
-    cells.to_parquet(tmp, index=False)
-    os.replace(tmp, final)
+    with atomic_file(out / "cells.parquet") as tmp:
+        cells.to_parquet(tmp, index=False)
     meta = {**first, "n_cells": len(cells), "n_shards": len(shard_files), "shard_files": shard_files}
     meta["sources"] = {"parts": [os.path.relpath(p, out) for p in parts]}
     atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())

@@ -42,7 +42,7 @@ from segmentation.io import (
     CELLMASK_SUFFIX,
     CHANNELS,
     ImageSetError,
-    atomic_path,
+    atomic_file,
     atomic_write_bytes,
     clean_stale_temps,
     find_image_sets,
@@ -163,13 +163,8 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
         table = table.set_column(
             table.schema.get_field_index("labels"), "labels", _labels_array(list(df["labels"]))
         )
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class ShardWriter:

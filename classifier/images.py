@@ -46,7 +46,7 @@ from torch.utils.data import Dataset
 
 from classifier.config import TrainConfig
 from classifier.data import TrainData, TrainTransform, eval_transform
-from segmentation.io import CHANNELS, read_image_set, to_uint8
+from segmentation.io import CHANNELS, atomic_file, read_image_set, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +143,8 @@ def _cache_one(job: tuple[str, dict[str, Path], int, list[str], Path]) -> str:
     if path.is_file():
         return "cached"
     arr = load_image(files, size, channels)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    try:
+    with atomic_file(path) as tmp:
         np.save(tmp, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return "written"
 
 

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from cellcrops.labels import HPA2021, get_taxonomy, write_labels
 from classifier.rle import encode_cell
 from classifier.submission import prediction_string, read_ids, write_submission
-from segmentation.io import CELLMASK_SUFFIX, atomic_path, atomic_write_bytes, read_mask
+from segmentation.io import CELLMASK_SUFFIX, atomic_file, atomic_write_bytes, read_mask
 from segmentation.jobs import run_jobs
 
 log = logging.getLogger(__name__)
@@ -368,12 +368,8 @@ def build_submission(
 
 # --------------------------------------------------------------------------- the whole run
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_file(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from segmentation.backends import Backend, get_backend
 from segmentation.io import (
     ImageSetError,
-    atomic_path,
+    atomic_file,
     find_image_sets,
     mask_paths,
     read_image_set,
@@ -311,12 +311,8 @@ def _write_table(rows: Iterable[dict[str, Any]], previous: pd.DataFrame, path: P
     kept = previous[~previous["ID"].isin(set(new["ID"]))]
     merged = pd.concat([kept, new], ignore_index=True) if len(kept) else new
     merged = merged.sort_values("ID", kind="stable").reset_index(drop=True)
-    tmp, final = atomic_path(path)
-    try:
+    with atomic_file(path) as tmp:
         merged.to_parquet(tmp, index=False)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return merged
 
 

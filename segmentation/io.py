@@ -23,7 +23,8 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -342,6 +343,30 @@ def atomic_path(path: str | os.PathLike) -> tuple[Path, Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}")
     return tmp, final
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Context manager: a temp path beside ``path``, renamed to ``path`` when the block succeeds.
+
+    On an exception the temp file is removed and ``path`` is untouched. The
+    temp name keeps the extension, for writers that dispatch on it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "table.csv"
+    >>> with atomic_file(target) as tmp:
+    ...     _ = tmp.write_text("a,b\\n")
+    >>> target.read_text()
+    'a,b\\n'
+    """
+    tmp, final = atomic_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def clean_stale_temps(folder: str | os.PathLike, patterns: Iterable[str] = (".*.tmp", ".*.tmp.*")) -> int:
