@@ -126,6 +126,16 @@ def create_model(
     return CellClassifier(backbone, num_classes, pool, embedding_dim, dropout, n_features)
 
 
+def _load_file(path: Path, what: str, hint: str = "") -> Any:
+    """``torch.load(weights_only=True)`` on CPU with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found{hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read {what.removesuffix(' file')}: {e}") from None
+
+
 def _unwrap(sd: Any, path: Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict_ema", "state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
@@ -169,13 +179,7 @@ def load_pretrained(backbone: nn.Module, path: str | os.PathLike, fourth_channel
     channel count. Raises ``FileNotFoundError`` / ``ValueError`` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pretrained weights file not found (nothing is downloaded)")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read pretrained weights: {e}") from None
-    sd = _unwrap(raw, path)
+    sd = _unwrap(_load_file(path, "pretrained weights file", " (nothing is downloaded)"), path)
     own = backbone.state_dict()
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
@@ -217,12 +221,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     ``weights_only=True`` (only tensors and plain Python types).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read checkpoint: {e}") from None
+    ckpt = _load_file(path, "checkpoint")
     for key in ("model", "config", "classes"):
         if key not in ckpt:
             raise ValueError(f"{path}: not an hpacell checkpoint (no {key!r})")
