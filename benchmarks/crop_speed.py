@@ -1,7 +1,7 @@
 """Cells per second per core of ``crop_cells`` (crop + resize + features), image decode excluded.
 
 Decodes the real HPA images and reference masks first, then times
-:func:`cellcrops.crop.crop_cells` on one core (``cv2.setNumThreads(1)``, one
+:func:`hpacell.cellcrops.crop.crop_cells` on one core (``cv2.setNumThreads(1)``, one
 process) at ``--size``. Rates are cells per CPU-second of this process
 (``cpu_*``, robust when other jobs share the machine) and per wall-clock
 second (``wall_*``); each configuration runs ``--repeats`` times and the best
@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import cv2
-
-from cellcrops.crop import crop_cells
-from segmentation.io import find_image_sets, mask_paths, read_image_set, read_mask
+from hpacell.cellcrops.crop import crop_cells
+from hpacell.segmentation.io import find_image_sets, mask_paths, read_image_set, read_mask
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("HPACELL_SHARED_DATA", REPO.parent / "shared" / "data")) / "hpa2021"

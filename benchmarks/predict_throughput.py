@@ -1,9 +1,10 @@
 """Predict throughput: cells per second of model inference (and of the submission) with a small model.
 
 Builds a synthetic cell dataset (``hpacell synth`` + ``hpacell crop`` libraries) in a temp folder, then
-times :func:`classifier.predict.score_cells` (DataLoader over the memory-mapped shards, eval transform,
-``torch.inference_mode``) on CPU, and on CUDA when present, with and without flip TTA; and the
-submission's mask encoding (:func:`classifier.predict.build_submission`). Untrained weights: speed only.
+times :func:`hpacell.classifier.scoring.predict.score_cells` (DataLoader over the memory-mapped shards,
+eval transform, ``torch.inference_mode``) on CPU, and on CUDA when present, with and without flip TTA;
+and the submission's mask encoding (:func:`hpacell.classifier.scoring.build_submission.build_submission`).
+Untrained weights: speed only.
 Prints JSON.
 
     python benchmarks/predict_throughput.py [--images 24] [--model resnet18] [--crop 128] [--batch 64]
@@ -20,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from cellcrops.dataset import CellDataset
-from cellcrops.shards import CropOptions, build_cell_dataset
-from cellcrops.synth import make_dataset
-from classifier.data import eval_transform
-from classifier.model import create_model
-from classifier.predict import build_submission, score_cells
+from hpacell.cellcrops.dataset import CellDataset
+from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
+from hpacell.cellcrops.synth import make_synth_dataset
+from hpacell.classifier.model import create_model
+from hpacell.classifier.scoring.build_submission import build_submission
+from hpacell.classifier.scoring.predict import score_cells
+from hpacell.classifier.training.data import eval_transform
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_dataset(tmp / "syn", args.images, args.size, 0)
+        make_synth_dataset(tmp / "syn", args.images, args.size, 0)
         build_cell_dataset(tmp / "syn" / "images", tmp / "syn" / "masks", tmp / "cells",
                            options=CropOptions(size=args.crop))  # fmt: skip
         ds = CellDataset(tmp / "cells", transform=eval_transform(args.crop))

@@ -29,10 +29,9 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-
-from segmentation.backends import get_backend  # noqa: E402
-from segmentation.io import CHANNELS, find_image_sets, read_mask  # noqa: E402
-from segmentation.matching import segmentation_scores  # noqa: E402
+from hpacell.segmentation.backends import get_backend  # noqa: E402
+from hpacell.segmentation.io import CHANNELS, find_image_sets, read_mask  # noqa: E402
+from hpacell.segmentation.matching import segmentation_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

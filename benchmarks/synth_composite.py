@@ -1,11 +1,11 @@
 """Synthetic vs real: a side-by-side composite PNG and the speed of ``hpacell synth``.
 
-Writes a PNG with the composite (``segmentation.render.composite``) of one
+Writes a PNG with the composite (``hpacell.utils.render.composite``) of one
 synthetic 512-px image (optionally its ground-truth cell outlines) beside a
 real HPA image downscaled to the synthetic drawing scale (real 2048-px cells
 are ~1.7x larger than ``cell_scale`` 1.0; the central 512 px are shown), and
 times the generation of 8 images of 512 px, in memory and written to disk
-(``make_dataset``, one process). Prints JSON.
+(``make_synth_dataset``, one process). Prints JSON.
 
     python benchmarks/synth_composite.py [--out out/synth_composite.png] [--seed 0] [--index 0]
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from hpacell.cellcrops.synth import image_rng, make_synth_dataset, synth_image
+from hpacell.segmentation.io import find_image_sets, read_image_set, write_png
 
-from cellcrops.synth import image_rng, make_dataset, synth_image
-from segmentation.io import find_image_sets, read_image_set, write_png
-from segmentation.render import composite, draw_outlines, side_by_side
+from hpacell.utils.render import composite, draw_outlines, side_by_side
 
 DATA = Path(os.environ.get("HPACELL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REAL_SCALE = 1.7  # real 2048-px HPA cells / synthetic cells at cell_scale 1.0
@@ -46,7 +46,7 @@ def main() -> None:
     t_memory = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        summary = make_dataset(Path(tmp) / "synth", 8, args.size, seed=args.seed)
+        summary = make_synth_dataset(Path(tmp) / "synth", 8, args.size, seed=args.seed)
         t_disk = time.perf_counter() - t0
 
     img, cells, _, truth = (

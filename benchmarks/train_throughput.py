@@ -81,10 +81,16 @@ def main() -> None:
     ap.add_argument("--triplet-lambda", type=float, default=0.1)
     args = ap.parse_args()
 
-    from classifier.config import TrainConfig
-    from classifier.data import build_cell_data, make_train_loader
-    from classifier.losses import bce_loss
-    from classifier.train import build_loss, build_model, make_optimizer, resolve_device, train_step_fn
+    from hpacell.classifier.training.config import TrainConfig
+    from hpacell.classifier.training.data import build_cell_data, make_train_loader
+    from hpacell.classifier.training.losses import bce_loss
+    from hpacell.classifier.training.train import (
+        build_loss,
+        build_model,
+        make_optimizer,
+        resolve_device,
+        train_step_fn,
+    )
 
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True

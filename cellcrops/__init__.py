@@ -1,17 +1,30 @@
-"""hpacell: cellcrops — label tables, per-cell crops and features, the cell dataset.
+"""The cell dataset (``hpacell crop``): label tables, per-cell crops and features, shards, synthetic data.
 
-``CellDataset`` is imported lazily (it needs torch) so that ``import cellcrops``
-stays cheap: ``from cellcrops import CellDataset`` works.
+:func:`build_cell_dataset` writes ``.npy`` crop shards and the Parquet cell
+table; :class:`CellDataset` reads them by memory map (it needs torch, imported
+on first use like every name here).
 """
 
-from typing import Any
+from hpacell.utils.lazy import lazy_exports
 
-__all__ = ["CellDataset"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "CellDataset":
-        from cellcrops.dataset import CellDataset
-
-        return CellDataset
-    raise AttributeError(f"module 'cellcrops' has no attribute {name!r}")
+_EXPORTS = {
+    "CellDataset": ".dataset",
+    "multi_hot": ".dataset",
+    "CropOptions": ".shards",
+    "build_cell_dataset": ".shards",
+    "merge_cell_datasets": ".merge",
+    "crop_cells": ".crop",
+    "cell_features": ".features",
+    "HPA2018": ".labels",
+    "HPA2021": ".labels",
+    "LabelError": ".labels",
+    "LabelTable": ".labels",
+    "Taxonomy": ".labels",
+    "get_taxonomy": ".labels",
+    "read_labels": ".labels",
+    "write_labels": ".labels",
+    "make_synth_dataset": ".synth",
+    "synth_image": ".synth",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ Every cell of an instance mask becomes one square crop:
 :func:`square_crop` returns the un-resized square crop of one cell, so its
 pixels can be compared with the source exactly; :func:`crop_cells` does the
 whole per-image job (crops + one table row per cell, with the features of
-:mod:`cellcrops.features`) and is what ``hpacell crop`` runs per image.
+:mod:`hpacell.cellcrops.features`) and is what ``hpacell crop`` runs per image.
 
 Resizing
 --------
@@ -34,9 +34,9 @@ import logging
 import cv2
 import numpy as np
 import pandas as pd
+from hpacell.cellcrops.features import FEATURE_NAMES, background_level, cell_features, estimate_nuclei
 
-from cellcrops.features import FEATURE_NAMES, background_level, cell_features, estimate_nuclei
-from segmentation.io import to_uint8
+from hpacell.utils.intensity import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "feat_mean_yellow",
     *(f"feat_{k}" for k in FEATURE_NAMES),
 )
-"""The float32 feature columns, in table order (see :mod:`cellcrops.features`)."""
+"""The float32 feature columns, in table order (see :mod:`hpacell.cellcrops.features`)."""
 
 
 # --------------------------------------------------------------------------- geometry
@@ -314,13 +314,13 @@ def crop_cells(
     ----------
     image : (4, H, W) uint8 or uint16
         Channels red, green, blue, yellow; 16-bit input goes through the shared
-        normalisation (:func:`segmentation.io.to_uint8`, bit depth decided once
+        normalisation (:func:`hpacell.utils.intensity.to_uint8`, bit depth decided once
         for the whole image).
     cellmask : (H, W) integer array
         0 = background, ids = cells.
     nucleimask : (H, W) integer array, optional
         Nuclei carrying their cell's id. Without it the nucleus is estimated
-        from the blue channel (see :mod:`cellcrops.features`).
+        from the blue channel (see :mod:`hpacell.cellcrops.features`).
     size : int
         Side of the output crops.
     mask_background : bool

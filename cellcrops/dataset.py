@@ -112,7 +112,8 @@ class CellDataset(Dataset):
     def _open(self, k: int) -> np.ndarray:
         m = self._maps.get(k)
         if m is None:
-            files = self.meta.get("shard_files")  # set by cellcrops.merge: crops live in other folders
+            # set by hpacell.cellcrops.merge: crops live in other folders
+            files = self.meta.get("shard_files")
             name = files[k] if files else f"shard-{k:05d}.npy"
             m = np.load(self.cells_dir / name, mmap_mode="r")
             self._maps[k] = m

@@ -55,7 +55,7 @@ Features (``feat_`` prefix in the table):
     the nearest nucleus pixel (0 inside the nucleus), in image pixels; 0 without
     segments or nucleus.
 
-:func:`cellcrops.crop.crop_cells` adds ``cell_area``, ``nucleus_area`` (image
+:func:`hpacell.cellcrops.crop.crop_cells` adds ``cell_area``, ``nucleus_area`` (image
 pixels) and ``mean_red``, ``mean_green``, ``mean_blue``, ``mean_yellow`` (mean
 uint8 intensity over the cell at full resolution).
 """

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpacell.utils.errors import HpacellError
+
 log = logging.getLogger(__name__)
 
 
@@ -117,7 +119,7 @@ def get_taxonomy(name: str | Taxonomy) -> Taxonomy:
         raise ValueError(f"unknown taxonomy {name!r}; choose one of {sorted(TAXONOMIES)}") from None
 
 
-class LabelError(ValueError):
+class LabelError(HpacellError, ValueError):
     """A malformed label table; the message names the file and row."""
 
 
@@ -273,7 +275,7 @@ def write_labels(
     path: str | os.PathLike, labels: dict[str, Iterable[int]], taxonomy: Taxonomy = HPA2021
 ) -> None:
     """Write ``{ID: class ids}`` as a label table of ``taxonomy``'s format (atomically)."""
-    from segmentation.io import atomic_write_bytes
+    from hpacell.utils.files import atomic_write_bytes
 
     lines = [f"{taxonomy.id_column},{taxonomy.label_column}"]
     lines += [f"{k},{format_labels(v, taxonomy)}" for k, v in labels.items()]

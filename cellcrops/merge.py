@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from segmentation.io import atomic_file, atomic_write_bytes
+from hpacell.utils.files import atomic_file, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

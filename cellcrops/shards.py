@@ -8,7 +8,7 @@ Layout of ``CELLS`` (see the README's file contracts)::
     meta.json              crop size, channels, taxonomy, classes, options, sources
     parts/shard-00000.parquet, parts/status-00000.parquet, parts/options.json
 
-Images are processed in worker processes (:func:`segmentation.jobs.run_jobs`);
+Images are processed in worker processes (:func:`hpacell.utils.jobs.run_jobs`);
 the parent appends each image's crops to the open shard (a temp file) and,
 once it holds ``shard_size`` crops or more (an image is never split), commits
 it: the ``.npy`` is renamed into place, then the status part, then the table
@@ -35,22 +35,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from cellcrops.crop import FEATURE_COLUMNS, GEOMETRY_COLUMNS, crop_cells
-from cellcrops.labels import HPA2021, LabelTable, Taxonomy, compare_ids, get_taxonomy, read_labels
-from segmentation.io import (
+from hpacell.cellcrops.crop import FEATURE_COLUMNS, GEOMETRY_COLUMNS, crop_cells
+from hpacell.cellcrops.labels import HPA2021, LabelTable, Taxonomy, compare_ids, get_taxonomy, read_labels
+from hpacell.segmentation.io import (
     CELLMASK_SUFFIX,
     CHANNELS,
     ImageSetError,
-    atomic_file,
-    atomic_write_bytes,
-    clean_stale_temps,
     find_image_sets,
     mask_paths,
     read_image_set,
     read_mask,
 )
-from segmentation.jobs import run_jobs
+
+from hpacell.utils.files import atomic_file, atomic_write_bytes, clean_stale_temps
+from hpacell.utils.jobs import run_jobs
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Synthetic HPA-like image sets with per-cell ground truth.
 
-:func:`synth_image` draws one image in memory; :func:`make_dataset` writes a
+:func:`synth_image` draws one image in memory; :func:`make_synth_dataset` writes a
 folder that looks like HPA 2021 training data plus the truth::
 
     OUT/images/<ID>_{red,green,blue,yellow}.png   8-bit, or 16-bit PNG holding 12-bit values (0..4095)
@@ -19,7 +19,7 @@ larger (nuclei ~150-300 px long, cells 300-600 px equivalent diameter);
 Channels: blue = nuclei (textured, darker nucleoli), red = microtubules
 radiating from the MTOC beside the nucleus, yellow = a reticular ER mesh
 densest around the nucleus, green = the protein pattern of the cell's classes
-(:data:`cellcrops.synth_patterns.PATTERNS`). Per-cell gains vary every channel;
+(:data:`hpacell.cellcrops.synth_patterns.PATTERNS`). Per-cell gains vary every channel;
 the background is dark with shot and read noise.
 
 Labels (the weak supervision). An image draws 1-3 of the 18 positive classes
@@ -49,11 +49,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from hpacell.cellcrops.labels import HPA2021, format_labels, write_labels
+from hpacell.cellcrops.synth_patterns import PATTERNS, CellGeometry, radial_filaments, reticulum, smooth_noise
+from hpacell.segmentation.io import CHANNELS, mask_paths, write_mask, write_png
 from scipy import ndimage as ndi
 
-from cellcrops.labels import HPA2021, format_labels, write_labels
-from cellcrops.synth_patterns import PATTERNS, CellGeometry, radial_filaments, reticulum, smooth_noise
-from segmentation.io import CHANNELS, atomic_write_bytes, mask_paths, write_mask, write_png
+from hpacell.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +483,7 @@ def _read_cells_csv(path: Path) -> dict[str, dict[int, list[int]]]:
     return truth
 
 
-def make_dataset(
+def make_synth_dataset(
     out: str | os.PathLike,
     n_images: int,
     size: int = 512,
@@ -509,7 +510,7 @@ def make_dataset(
     dict
         ``{"out", "n_images", "n_cells", "generated", "skipped", "seconds", "class_cells", "class_images"}``.
     """
-    from segmentation.jobs import run_jobs
+    from hpacell.utils.jobs import run_jobs
 
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")

@@ -1,8 +1,8 @@
-"""Drawing primitives and the 19 green-channel protein patterns of :mod:`cellcrops.synth`.
+"""Drawing primitives and the 19 green-channel protein patterns of :mod:`hpacell.cellcrops.synth`.
 
 Everything works on one cell's bounding box (a :class:`CellGeometry`), in
 float32 arrays of roughly ``[0, 1]``, vectorised with NumPy/OpenCV. Lengths are
-in pixels at ``scale`` 1.0 (the drawing scale of :mod:`cellcrops.synth`) and are
+in pixels at ``scale`` 1.0 (the drawing scale of :mod:`hpacell.cellcrops.synth`) and are
 multiplied by ``geom.scale``.
 """
 

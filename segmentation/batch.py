@@ -34,12 +34,9 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
-
-from segmentation.backends import Backend, get_backend
-from segmentation.io import (
+from hpacell.segmentation.backends import Backend, get_backend
+from hpacell.segmentation.io import (
     ImageSetError,
-    atomic_file,
     find_image_sets,
     mask_paths,
     read_image_set,
@@ -47,7 +44,10 @@ from segmentation.io import (
     write_mask,
     write_png,
 )
-from segmentation.jobs import JobResult, run_jobs
+from tqdm.auto import tqdm
+
+from hpacell.utils.files import atomic_file
+from hpacell.utils.jobs import JobResult, run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _count_cells(cells: np.ndarray) -> int:
 
 def overlay_image(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray | None = None) -> np.ndarray:
     """RGB composite with cell outlines (white) and nucleus outlines (cyan), at most 1024 px a side."""
-    from segmentation.render import composite, draw_outlines
+    from hpacell.utils.render import composite, draw_outlines
 
     h, w = cells.shape
     scale = min(1.0, OVERLAY_MAX_SIDE / max(h, w))
@@ -357,7 +357,7 @@ def segment_folder(
     out_dir : path
         Gets ``masks/``, ``overlays/`` (with ``overlays``) and the status table.
     backend, backend_options : str, dict
-        Backend name for :func:`segmentation.backends.get_backend` and its options.
+        Backend name for :func:`hpacell.segmentation.backends.get_backend` and its options.
     workers : int
         Worker processes for CPU backends (``<= 1``: this process).
     overwrite : bool

@@ -1,6 +1,6 @@
 """Cells grown from their nuclei over the cytoplasm signal, classically, at working scale.
 
-Units as in :mod:`segmentation.nuclei`: lengths and areas in HPA pixels,
+Units as in :mod:`hpacell.segmentation.nuclei`: lengths and areas in HPA pixels,
 converted with ``scale`` (working pixels per HPA pixel).
 """
 
@@ -10,10 +10,9 @@ import logging
 
 import cv2
 import numpy as np
+from hpacell.segmentation.nuclei import disk, otsu, relabel, remove_small, smooth
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
-
-from segmentation.nuclei import disk, otsu, relabel, remove_small, smooth
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def segment_cells(
     signal : numpy.ndarray
         Output of :func:`cytoplasm_signal` (working scale).
     nuclei : numpy.ndarray
-        Nucleus labels from :func:`segmentation.nuclei.segment_nuclei`.
+        Nucleus labels from :func:`hpacell.segmentation.nuclei.segment_nuclei`.
     scale : float
         Working pixels per HPA pixel.
     sigma, boundary_sigma : float

@@ -6,15 +6,8 @@ everything before the last ``_``. Every stage of hpacell reads images through
 :func:`read_image_set` and masks through :func:`read_mask`, so the file
 contracts live here once.
 
-Intensity normalisation (shared by every stage)
-------------------------------------------------
-HPA images come as 8-bit, or as 16-bit files of which often only the low
-12 bits are used. :func:`effective_bits` decides the bit depth of an image set
-(8 for uint8; for uint16 the smallest of 12 or 16 bits that holds the maximum
-value), :func:`to_float` maps it to ``[0, 1]`` by dividing by ``2**bits - 1``
-and :func:`to_uint8` rounds ``to_float * 255``. The decision is made once per
-image set (all four channels together), so relative intensities between the
-channels are preserved.
+Intensities are normalised by :mod:`hpacell.utils.intensity`, the one rule
+every stage shares.
 """
 
 from __future__ import annotations
@@ -22,13 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from hpacell.utils.errors import HpacellError
+from hpacell.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +37,7 @@ _FILE_RE = re.compile(
 )
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-class ImageSetError(ValueError):
+class ImageSetError(HpacellError, ValueError):
     """A problem with one input file or image set; the message names the file."""
 
 
@@ -202,59 +191,6 @@ def read_image_set(source: str | os.PathLike | dict[str, Path], image_id: str | 
     return np.stack(planes)
 
 
-# --------------------------------------------------------------------------- normalisation
-def effective_bits(image: np.ndarray) -> int:
-    """Bit depth used by an image: 8 for uint8; 12 or 16 for uint16 (by its maximum).
-
-    Examples
-    --------
-    >>> effective_bits(np.array([[0, 4095]], dtype=np.uint16))
-    12
-    >>> effective_bits(np.array([[0, 4096]], dtype=np.uint16))
-    16
-    """
-    if image.dtype == np.uint8:
-        return 8
-    if image.dtype == np.uint16:
-        return 12 if int(image.max(initial=0)) < 4096 else 16
-    raise TypeError(f"unsupported dtype {image.dtype}")
-
-
-def to_float(image: np.ndarray, bits: int | None = None) -> np.ndarray:
-    """Scale an 8/16-bit image to float32 in ``[0, 1]`` (see module docs).
-
-    Examples
-    --------
-    >>> to_float(np.array([[0, 4095]], dtype=np.uint16)).tolist()
-    [[0.0, 1.0]]
-    """
-    if image.dtype in (np.float32, np.float64):
-        return image.astype(np.float32, copy=False)
-    bits = effective_bits(image) if bits is None else bits
-    out = image.astype(np.float32) * np.float32(1.0 / (2**bits - 1))
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
-
-
-def to_uint8(image: np.ndarray, bits: int | None = None) -> np.ndarray:
-    """Map an 8/16-bit image to uint8 with the shared normalisation.
-
-    uint8 input is returned unchanged (no copy).
-
-    Examples
-    --------
-    >>> to_uint8(np.array([[0, 4095]], dtype=np.uint16)).tolist()
-    [[0, 255]]
-    """
-    if image.dtype == np.uint8:
-        return image
-    bits = effective_bits(image) if bits is None else bits
-    if bits == 16:
-        # (x + 128) // 257 is round(x * 255 / 65535) without a float temporary.
-        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    return np.rint(to_float(image, bits) * 255.0).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------- masks
 def mask_paths(masks_dir: str | os.PathLike, image_id: str) -> tuple[Path, Path]:
     """``(cellmask, nucleimask)`` paths of an image in a masks folder."""
@@ -310,73 +246,3 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
     return atomic_write_bytes(path, buf.tobytes())
-
-
-# --------------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
-
-    A process killed mid-write leaves at most a ``.tmp`` file, never a half
-    ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_path(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(tmp, final)`` paths for a writer that needs a file name (e.g. Parquet).
-
-    Write to ``tmp`` then call ``os.replace(tmp, final)``. The temp name keeps
-    the extension so libraries that dispatch on it still work.
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}")
-    return tmp, final
-
-
-@contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Context manager: a temp path beside ``path``, renamed to ``path`` when the block succeeds.
-
-    On an exception the temp file is removed and ``path`` is untouched. The
-    temp name keeps the extension, for writers that dispatch on it.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> target = Path(tempfile.mkdtemp()) / "table.csv"
-    >>> with atomic_file(target) as tmp:
-    ...     _ = tmp.write_text("a,b\\n")
-    >>> target.read_text()
-    'a,b\\n'
-    """
-    tmp, final = atomic_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def clean_stale_temps(folder: str | os.PathLike, patterns: Iterable[str] = (".*.tmp", ".*.tmp.*")) -> int:
-    """Remove temp files left by killed runs in ``folder``; returns how many."""
-    n = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    for pat in patterns:
-        for p in folder.glob(pat):
-            p.unlink(missing_ok=True)
-            n += 1
-    return n

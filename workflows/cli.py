@@ -1,6 +1,6 @@
 """The ``hpacell`` command line: one Typer app, one thin module per command.
 
-Command modules live in :mod:`workflows.commands` and import only Typer at
+Command modules live in :mod:`hpacell.workflows.commands` and import only Typer at
 module level (heavy libraries are imported inside the command function), so
 ``hpacell --help`` stays fast.
 """
@@ -12,7 +12,7 @@ import logging
 
 import typer
 
-# Order = order in ``hpacell --help``. Each name is a module of workflows.commands
+# Order = order in ``hpacell --help``. Each name is a module of hpacell.workflows.commands
 # exposing ``command`` (the Typer callback).
 COMMANDS: tuple[str, ...] = (
     "synth",
@@ -46,7 +46,7 @@ def _root(
 
 
 for _name in COMMANDS:
-    _mod = importlib.import_module(f"workflows.commands.{_name.replace('-', '_')}")
+    _mod = importlib.import_module(f"hpacell.workflows.commands.{_name.replace('-', '_')}")
     app.command(_name, help=_mod.__doc__)(_mod.command)
 
 

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from hpacell.utils.errors import HpacellError
+
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -24,7 +26,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(HpacellError, ValueError):
     """An invalid configuration file or override; the message names the file."""
 
 
@@ -72,7 +74,7 @@ def load_config(model: type[T], path: str | os.PathLike | None = None, **overrid
 
 def save_config(config: BaseModel, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically) beside the outputs."""
-    from segmentation.io import atomic_write_bytes
+    from hpacell.utils.files import atomic_write_bytes
 
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     return atomic_write_bytes(path, text.encode())

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hpacell.workflows.config import StrictModel, save_config
 from pydantic import Field
-
-from workflows.config import StrictModel, save_config
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,8 @@ class DemoConfig(StrictModel):
 
 def _segment_agreement(seg_masks: Path, truth_masks: Path, ids: list[str]) -> dict[str, float]:
     """Pooled one-to-one IoU>=0.6 agreement of our masks with the synthetic truth."""
-    from segmentation.io import mask_paths, read_mask
-    from segmentation.matching import segmentation_scores
+    from hpacell.segmentation.io import mask_paths, read_mask
+    from hpacell.segmentation.matching import segmentation_scores
 
     matched = n_pred = n_ref = 0
     ious: list[float] = []
@@ -73,7 +72,7 @@ def _segment_agreement(seg_masks: Path, truth_masks: Path, ids: list[str]) -> di
 
 
 def _segment(images: Path, out: Path, workers: int, overlays: bool = False, pixel_scale: float = 1.0) -> Path:
-    from segmentation.batch import segment_folder
+    from hpacell.segmentation.batch import segment_folder
 
     options = {"pixel_scale": pixel_scale}
     table = segment_folder(images, out, backend_options=options, workers=workers, overlays=overlays)
@@ -84,7 +83,7 @@ def _segment(images: Path, out: Path, workers: int, overlays: bool = False, pixe
 
 
 def _crop(images: Path, masks: Path, out: Path, size: int, workers: int, labels: Path | None = None) -> Path:
-    from cellcrops.shards import CropOptions, build_cell_dataset
+    from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
 
     summary = build_cell_dataset(
         images, masks, out, labels=labels, options=CropOptions(size=size), workers=workers
@@ -101,14 +100,15 @@ def run_demo(
     say: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the summary (also ``out/summary.json``)."""
-    from cellcrops.synth import make_dataset
-    from classifier.config import TrainConfig
-    from classifier.data import build_cell_data
-    from classifier.evaluate import evaluate_files
-    from classifier.predict import CELL_SCORES, PredictConfig, make_report, run_predict
-    from classifier.report import plot_ap_bars, plot_pr_curves
-    from classifier.train import fit
-    from segmentation.io import atomic_write_bytes
+    from hpacell.cellcrops.synth import make_synth_dataset
+    from hpacell.classifier.scoring.evaluate import evaluate_files
+    from hpacell.classifier.scoring.predict import CELL_SCORES, PredictConfig, run_predict
+    from hpacell.classifier.scoring.report import make_report, plot_ap_bars, plot_pr_curves
+    from hpacell.classifier.training.config import TrainConfig
+    from hpacell.classifier.training.data import build_cell_data
+    from hpacell.classifier.training.train import fit
+
+    from hpacell.utils.files import atomic_write_bytes
 
     cfg = config or DemoConfig()
     out = Path(out)
@@ -124,8 +124,8 @@ def run_demo(
     with step("synth", f"synthetic data: {cfg.train_images} training + {cfg.test_images} test images"):
         train_dir, test_dir = out / "synth-train", out / "synth-test"
         kw = {"cell_scale": cfg.cell_scale, "workers": cfg.workers}
-        make_dataset(train_dir, cfg.train_images, cfg.size, cfg.seed, **kw)
-        make_dataset(test_dir, cfg.test_images, cfg.size, cfg.seed + 10_000, **kw)
+        make_synth_dataset(train_dir, cfg.train_images, cfg.size, cfg.seed, **kw)
+        make_synth_dataset(test_dir, cfg.test_images, cfg.size, cfg.seed + 10_000, **kw)
 
     with step("segment", "segment (builtin backend)"):
         scale = cfg.cell_scale

@@ -40,8 +40,8 @@ class Backend(Protocol):
 
 
 BACKENDS: dict[str, str] = {
-    "builtin": "segmentation.backends.builtin:BuiltinBackend",
-    "hpacellseg": "segmentation.backends.hpacellseg:HpaCellSegBackend",
+    "builtin": "hpacell.segmentation.backends.builtin:BuiltinBackend",
+    "hpacellseg": "hpacell.segmentation.backends.hpacellseg:HpaCellSegBackend",
 }
 
 

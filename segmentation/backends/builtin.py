@@ -5,12 +5,12 @@ competition was built around) does with its probability maps, on the image
 intensities instead:
 
 1. every channel is shrunk to a quarter of its size (``work_scale``) with area
-   averaging and normalised with :func:`segmentation.io.to_float`;
-2. nuclei (:func:`segmentation.nuclei.segment_nuclei`): bright cores of the
+   averaging and normalised with :func:`hpacell.utils.intensity.to_float`;
+2. nuclei (:func:`hpacell.segmentation.nuclei.segment_nuclei`): bright cores of the
    smoothed nucleus channel, split where their shape has separate lobes deeper
    than ``split_depth``, grown into the dimmer nucleus extent; nuclei under
    2,500 HPA pixels dropped;
-3. cells (:func:`segmentation.cells.segment_cells`): microtubules + ER (+ half
+3. cells (:func:`hpacell.segmentation.cells.segment_cells`): microtubules + ER (+ half
    of the nucleus channel), each by its own bright level, smoothed and
    thresholded low (``0.3 x Otsu``) so outlines reach into dim cytoplasm;
    a watershed seeded by the nuclei splits touching cells along dark
@@ -38,10 +38,10 @@ import logging
 
 import cv2
 import numpy as np
+from hpacell.segmentation.cells import cytoplasm_signal, segment_cells
+from hpacell.segmentation.nuclei import segment_nuclei
 
-from segmentation.cells import cytoplasm_signal, segment_cells
-from segmentation.io import effective_bits, to_float
-from segmentation.nuclei import segment_nuclei
+from hpacell.utils.intensity import effective_bits, to_float
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ class BuiltinBackend:
     pixel_scale : float
         Image pixels per HPA pixel (1.0 for HPA images of any size).
     nuclei : dict, optional
-        Keyword overrides for :func:`segmentation.nuclei.segment_nuclei`.
+        Keyword overrides for :func:`hpacell.segmentation.nuclei.segment_nuclei`.
     cells : dict, optional
-        Keyword overrides for :func:`segmentation.cells.segment_cells`.
+        Keyword overrides for :func:`hpacell.segmentation.cells.segment_cells`.
     signal : dict, optional
-        Keyword overrides for :func:`segmentation.cells.cytoplasm_signal`.
+        Keyword overrides for :func:`hpacell.segmentation.cells.cytoplasm_signal`.
     """
 
     name = "builtin"

@@ -6,7 +6,7 @@ images through one at a time, so this adapter only *loads* the two modules from
 paths the user gives and does the rest itself:
 
 1. preprocessing as the models expect: channels to ``[0, 1]`` (the shared
-   :func:`segmentation.io.to_float` rule), resized by ``scale_factor`` (0.25),
+   :func:`hpacell.utils.intensity.to_float` rule), resized by ``scale_factor`` (0.25),
    reflect-padded to a multiple of 32, normalised per channel; the nuclei model
    sees the blue plane copied into three channels, the cell model the stack
    (red, yellow, blue);
@@ -33,7 +33,8 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import relabel_sequential, watershed
 
-from segmentation.io import to_float
+from hpacell.utils.errors import HpacellError
+from hpacell.utils.intensity import to_float
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ BORDER = 0.05
 CELL_MIN_THRESHOLD = 0.22
 
 
-class ModelFileError(FileNotFoundError):
+class ModelFileError(HpacellError, FileNotFoundError):
     """A model file is missing or is not a pickled torch module."""
 
 

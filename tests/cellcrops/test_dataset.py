@@ -4,13 +4,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hpacell.cellcrops import CellDataset
+from hpacell.cellcrops.dataset import multi_hot
+from hpacell.cellcrops.labels import write_labels
+from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
+from hpacell.segmentation.io import CHANNELS, write_mask
 from torch.utils.data import DataLoader
-
-from cellcrops import CellDataset
-from cellcrops.dataset import multi_hot
-from cellcrops.labels import write_labels
-from cellcrops.shards import CropOptions, build_cell_dataset
-from segmentation.io import CHANNELS, write_mask
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from cellcrops.features import (
+from hpacell.cellcrops.features import (
     FEATURE_NAMES,
     background_level,
     cell_features,

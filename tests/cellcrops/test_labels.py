@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from cellcrops.labels import (
+from hpacell.cellcrops.labels import (
     HPA2018,
     HPA2021,
     LabelError,

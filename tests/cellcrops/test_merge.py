@@ -2,11 +2,10 @@ import json
 
 import numpy as np
 import pytest
-
-from cellcrops import CellDataset
-from cellcrops.merge import merge_cell_datasets
-from cellcrops.shards import CropOptions, build_cell_dataset
-from cellcrops.synth import make_dataset
+from hpacell.cellcrops import CellDataset
+from hpacell.cellcrops.merge import merge_cell_datasets
+from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
+from hpacell.cellcrops.synth import make_synth_dataset
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +14,7 @@ def parts(tmp_path_factory):
     out = []
     for k, seed in enumerate((1, 2)):
         syn = root / f"syn{k}"
-        make_dataset(syn, n_images=2, size=256, seed=seed, cell_scale=0.5)
+        make_synth_dataset(syn, n_images=2, size=256, seed=seed, cell_scale=0.5)
         # distinct image IDs per part, as shards of one folder have
         for p in list((syn / "images").iterdir()) + list((syn / "masks").iterdir()):
             p.rename(p.with_name(p.name.replace("synth-", f"p{k}-")))
@@ -55,7 +54,7 @@ def test_merge_refuses_incompatible_or_duplicate_parts(parts, tmp_path):
 
 def test_crop_output_does_not_depend_on_worker_count(tmp_path):
     syn = tmp_path / "syn"
-    make_dataset(syn, n_images=6, size=256, seed=3, cell_scale=0.5)
+    make_synth_dataset(syn, n_images=6, size=256, seed=3, cell_scale=0.5)
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"

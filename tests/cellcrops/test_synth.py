@@ -7,20 +7,21 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from cellcrops.labels import read_labels
-from cellcrops.synth import (
+from hpacell.cellcrops.labels import read_labels
+from hpacell.cellcrops.synth import (
     NEGATIVE,
     SPINDLE,
     assign_cell_classes,
     image_labels,
     image_rng,
-    make_dataset,
+    make_synth_dataset,
     sample_image_classes,
     synth_image,
 )
-from segmentation.io import effective_bits, find_image_sets, read_image_set, read_mask
+from hpacell.segmentation.io import find_image_sets, read_image_set, read_mask
+from typer.testing import CliRunner
+
+from hpacell.utils.intensity import effective_bits
 
 SMALL = dict(size=128, cell_scale=0.3)
 
@@ -36,7 +37,7 @@ def _read_cells(path):
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    summary = make_dataset(out, 6, 128, seed=3, cell_scale=0.3, weak_share=0.5)
+    summary = make_synth_dataset(out, 6, 128, seed=3, cell_scale=0.3, weak_share=0.5)
     return out, summary
 
 
@@ -53,13 +54,13 @@ def test_same_seed_same_arrays_other_seed_differs():
 def test_files_are_byte_identical_for_a_seed(tmp_path, small_set):
     out, _ = small_set
     again = tmp_path / "again"
-    make_dataset(again, 6, 128, seed=3, cell_scale=0.3, weak_share=0.5)
+    make_synth_dataset(again, 6, 128, seed=3, cell_scale=0.3, weak_share=0.5)
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert len(files) == 6 * 6 + 3
     for rel in files:
         assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
     other = tmp_path / "other"
-    make_dataset(other, 1, 128, seed=4, cell_scale=0.3)
+    make_synth_dataset(other, 1, 128, seed=4, cell_scale=0.3)
     assert (other / "images/synth-0000_red.png").read_bytes() != (
         out / "images/synth-0000_red.png"
     ).read_bytes()
@@ -140,7 +141,7 @@ def test_sampled_image_classes_reach_all_19():
 def test_bit_depth_16_uses_12_bits(tmp_path):
     img, *_ = synth_image(image_rng(0, 0), 96, cell_scale=0.3, bit_depth=16, classes=[0])
     assert img.dtype == np.uint16 and 255 < img.max() <= 4095
-    make_dataset(tmp_path, 1, 96, seed=0, bit_depth=16, cell_scale=0.3)
+    make_synth_dataset(tmp_path, 1, 96, seed=0, bit_depth=16, cell_scale=0.3)
     read = read_image_set(tmp_path / "images", "synth-0000")
     assert read.dtype == np.uint16 and effective_bits(read) == 12
 
@@ -155,21 +156,21 @@ def test_non_square_and_bad_arguments():
 
 
 def test_rerun_skips_and_extends(tmp_path):
-    first = make_dataset(tmp_path, 2, 96, seed=5, cell_scale=0.3)
+    first = make_synth_dataset(tmp_path, 2, 96, seed=5, cell_scale=0.3)
     red = (tmp_path / "images/synth-0001_red.png").read_bytes()
-    again = make_dataset(tmp_path, 3, 96, seed=5, cell_scale=0.3)
+    again = make_synth_dataset(tmp_path, 3, 96, seed=5, cell_scale=0.3)
     assert (first["generated"], again["generated"], again["skipped"]) == (2, 1, 2)
     assert (tmp_path / "images/synth-0001_red.png").read_bytes() == red
     assert len(read_labels(tmp_path / "train.csv")) == 3
     with pytest.raises(ValueError, match="seed"):
-        make_dataset(tmp_path, 3, 96, seed=6, cell_scale=0.3)
-    redo = make_dataset(tmp_path, 1, 96, seed=6, cell_scale=0.3, overwrite=True)
+        make_synth_dataset(tmp_path, 3, 96, seed=6, cell_scale=0.3)
+    redo = make_synth_dataset(tmp_path, 1, 96, seed=6, cell_scale=0.3, overwrite=True)
     assert redo["generated"] == 1 and not (tmp_path / "images/synth-0002_red.png").exists()
     assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 6
 
 
 def test_cli(tmp_path):
-    from workflows.cli import app
+    from hpacell.workflows.cli import app
 
     runner = CliRunner()
     out = tmp_path / "cli"

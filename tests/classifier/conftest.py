@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hpacell.classifier.training.data import TrainData, TrainTransform, eval_transform
 from torch.utils.data import Dataset
-
-from classifier.data import TrainData, TrainTransform, eval_transform
 
 
 class FakeCells(Dataset):
@@ -52,7 +51,7 @@ class FakeCells(Dataset):
 
 
 def fake_data(size: int = 32, seed: int = 0) -> TrainData:
-    from classifier.split import image_split
+    from hpacell.classifier.training.split import image_split
 
     full = FakeCells(size=size, seed=seed)
     tr, va = image_split(full.image_ids, full.labels, folds=4, fold=0, seed=seed)

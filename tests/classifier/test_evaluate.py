@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import f1_score
-
-from classifier.evaluate import (
+from hpacell.classifier.scoring.evaluate import (
     TruthError,
     TruthImage,
     average_precision,
@@ -15,9 +13,15 @@ from classifier.evaluate import (
     read_truth,
     write_truth_csv,
 )
-from classifier.rle import encode_mask_cells
-from classifier.submission import ImagePrediction, prediction_string, read_submission, write_submission
-from segmentation.io import write_mask
+from hpacell.classifier.scoring.rle import encode_mask_cells
+from hpacell.classifier.scoring.submission import (
+    ImagePrediction,
+    prediction_string,
+    read_submission,
+    write_submission,
+)
+from hpacell.segmentation.io import write_mask
+from sklearn.metrics import f1_score
 
 H = W = 100
 

@@ -9,20 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from classifier.data import eval_transform
-from classifier.images import (
+from hpacell.classifier.images.data import (
     ChannelTransform,
     ImageDataset,
     ImageTrainConfig,
     build_cache,
     load_image,
     parse_channels,
-    train_images,
 )
-from classifier.metrics import f1_report
-from classifier.model import load_checkpoint
-from segmentation.io import find_image_sets
+from hpacell.classifier.images.train import train_images
+from hpacell.classifier.metrics import f1_report
+from hpacell.classifier.model import load_checkpoint
+from hpacell.classifier.training.data import eval_transform
+from hpacell.segmentation.io import find_image_sets
 
 # tiny timm model (~0.4 M parameters): the loop, not the accuracy, is under test
 TINY = dict(model="test_resnet", embedding_dim=16, batch_size=4, num_workers=0, device="cpu", lr=3e-3)
@@ -30,10 +29,10 @@ TINY = dict(model="test_resnet", embedding_dim=16, batch_size=4, num_workers=0, 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from cellcrops.synth import make_dataset
+    from hpacell.cellcrops.synth import make_synth_dataset
 
     out = tmp_path_factory.mktemp("synth_images")
-    make_dataset(out, 24, 256, 5)
+    make_synth_dataset(out, 24, 256, 5)
     return out
 
 
@@ -128,7 +127,7 @@ def test_tiny_run_on_synth_writes_checkpoint_and_reports(synth_run):
 
 def test_tuned_thresholds_beat_half_on_validation(synth, synth_run):
     """F1 at the checkpoint's thresholds (tuned on validation) >= F1 at 0.5, on that validation set."""
-    from cellcrops.labels import read_labels
+    from hpacell.cellcrops.labels import read_labels
 
     out, _ = synth_run
     scores = pd.read_csv(out / "val_scores.csv", dtype={"ID": str})
@@ -177,7 +176,7 @@ def test_tiny_run_on_real_images(taxonomy, shared_data, real_ids, tmp_path_facto
 def test_example_config_is_valid():
     from pathlib import Path
 
-    from workflows.config import load_config
+    from hpacell.workflows.config import load_config
 
     path = Path(__file__).resolve().parents[2] / "workflows" / "configs" / "train_images.yaml"
     cfg = load_config(ImageTrainConfig, path)

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-
-from classifier.losses import CellLoss, bce_loss, class_pos_weight, triplet_loss
+from hpacell.classifier.training.losses import CellLoss, bce_loss, class_pos_weight, triplet_loss
 
 
 def _separated():

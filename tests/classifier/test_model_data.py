@@ -3,9 +3,8 @@ import pandas as pd
 import pytest
 import timm
 import torch
-
-from classifier.data import TrainTransform, eval_transform, read_cell_truth
-from classifier.model import create_model
+from hpacell.classifier.model import create_model
+from hpacell.classifier.training.data import TrainTransform, eval_transform, read_cell_truth
 
 
 def test_head_variants_and_features():

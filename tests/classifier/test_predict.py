@@ -6,20 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import Dataset
-
-from classifier.predict import (
+from hpacell.classifier.scoring.build_submission import build_submission
+from hpacell.classifier.scoring.predict import (
     aggregate,
     blend,
-    build_submission,
     label_images,
     read_image_scores,
     score_cells,
     with_negative,
 )
-from classifier.rle import decode_mask
-from classifier.submission import read_submission, write_submission
-from segmentation.io import write_mask
+from hpacell.classifier.scoring.rle import decode_mask
+from hpacell.classifier.scoring.submission import read_submission, write_submission
+from hpacell.segmentation.io import write_mask
+from torch.utils.data import Dataset
 
 
 class _Crops(Dataset):
@@ -62,7 +61,7 @@ def test_score_cells_order_and_flip_tta():
 
 
 def test_score_cells_with_a_real_head():
-    from classifier.model import create_model
+    from hpacell.classifier.model import create_model
 
     model = create_model("resnet18", num_classes=19, embedding_dim=16).eval()
     idx, p, e = score_cells(model, _Crops(n=3), batch_size=2)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pycocotools import mask as coco_mask
-
-from classifier.rle import (
+from hpacell.classifier.scoring.rle import (
     cell_runs,
     decode_counts,
     decode_mask,
@@ -15,7 +13,8 @@ from classifier.rle import (
     encode_mask_cells,
     runs_to_string,
 )
-from segmentation.io import read_mask
+from hpacell.segmentation.io import read_mask
+from pycocotools import mask as coco_mask
 
 
 def _reference(full: np.ndarray) -> bytes:

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-
-from classifier.samplers import OversampleSampler, PKBatchSampler, ShuffleSampler
-from classifier.split import image_split
+from hpacell.classifier.training.samplers import OversampleSampler, PKBatchSampler, ShuffleSampler
+from hpacell.classifier.training.split import image_split
 
 
 def _cells(n_images=40, seed=0):

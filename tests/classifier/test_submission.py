@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from classifier.rle import decode_mask, encode_mask_cells
-from classifier.submission import (
+from hpacell.classifier.scoring.rle import decode_mask, encode_mask_cells
+from hpacell.classifier.scoring.submission import (
     SubmissionError,
     parse_prediction_string,
     prediction_string,

@@ -2,11 +2,10 @@ import json
 
 import pytest
 import torch
-
-from classifier.config import TrainConfig
-from classifier.lr_finder import lr_find
-from classifier.model import create_model, load_checkpoint
-from classifier.train import fit
+from hpacell.classifier.model import create_model, load_checkpoint
+from hpacell.classifier.training.config import TrainConfig
+from hpacell.classifier.training.lr_finder import lr_find
+from hpacell.classifier.training.train import fit
 
 CFG = dict(model="resnet18", batch_size=8, embedding_dim=16, num_workers=0, warmup_epochs=1, lr=2e-3)
 
@@ -103,7 +102,7 @@ def test_lr_finder_restores_model(tmp_path, make_data):
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle", "cyclic", "constant"])
 @pytest.mark.parametrize("steps", [1, 2, 3, 50])
 def test_schedules_step_through_tiny_and_normal_runs(schedule, steps):
-    from classifier.train import make_scheduler
+    from hpacell.classifier.training.train import make_scheduler
 
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     sched = make_scheduler(opt, TrainConfig(schedule=schedule, epochs=1), steps)

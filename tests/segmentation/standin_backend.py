@@ -7,7 +7,7 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-from segmentation.io import to_float
+from hpacell.utils.intensity import to_float
 
 
 class ThresholdBackend:

@@ -13,11 +13,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from hpacell.segmentation.backends import BACKENDS
+from hpacell.segmentation.batch import STATUS_COLUMNS, read_id_list, read_status_table, segment_folder
+from hpacell.segmentation.io import CHANNELS, mask_paths, read_mask
 from standin_backend import BatchingBackend
-
-from segmentation.backends import BACKENDS
-from segmentation.batch import STATUS_COLUMNS, read_id_list, read_status_table, segment_folder
-from segmentation.io import CHANNELS, mask_paths, read_mask
 
 HERE = Path(__file__).resolve().parent
 
@@ -201,9 +200,9 @@ def test_killed_run_leaves_no_half_file_and_rerun_completes(tmp_path):
     out = tmp_path / "out"
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from segmentation.backends import BACKENDS;"
+        "from hpacell.segmentation.backends import BACKENDS;"
         "BACKENDS['standin'] = 'standin_backend:ThresholdBackend';"
-        "from segmentation.batch import segment_folder;"
+        "from hpacell.segmentation.batch import segment_folder;"
         "segment_folder(sys.argv[2], sys.argv[3], 'standin', {'sleep': 0.25}, checkpoint_every=2)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(HERE), str(d), str(out)])
@@ -241,9 +240,8 @@ def test_stale_table_temp_is_removed(images, tmp_path):
 
 def test_gpu_backend_labels_in_worker_processes(tmp_path, monkeypatch):
     import torch
+    from hpacell.segmentation.backends.hpacellseg import HpaCellSegBackend
     from hpacellseg_standin import StandInUNet
-
-    from segmentation.backends.hpacellseg import HpaCellSegBackend
 
     d = tmp_path / "images"
     for k in range(3):
@@ -253,7 +251,7 @@ def test_gpu_backend_labels_in_worker_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(HpaCellSegBackend, "uses_gpu", True)  # take the device path on the CPU
     options = dict(nuclei_model=tmp_path / "m.pth", cell_model=tmp_path / "m.pth", device="cpu", batch_size=2,
                    min_nucleus_size=20, min_cell_size=50, closing_radius=1)  # fmt: skip
-    import segmentation.batch as batch
+    import hpacell.segmentation.batch as batch
 
     pools = []
 

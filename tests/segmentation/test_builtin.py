@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from segmentation.backends import Backend, get_backend
-from segmentation.io import read_image_set, read_mask
-from segmentation.matching import segmentation_scores
+from hpacell.segmentation.backends import Backend, get_backend
+from hpacell.segmentation.io import read_image_set, read_mask
+from hpacell.segmentation.matching import segmentation_scores
 
 # Reached on the 5 real images (benchmarks/segment_quality.py): pooled recall 66/72 = 0.917,
 # precision 66/73 = 0.904, mean IoU of matches 0.832. Guarded at the issue's target (one cell
@@ -107,7 +106,7 @@ def test_batch_and_bad_input(backend):
 
 def test_finds_synthetic_cells(backend):
     """The demo segments `hpacell synth` images: measured 25/25 cells on six 512-px images, mean IoU 0.84."""
-    synth = pytest.importorskip("cellcrops.synth")
+    synth = pytest.importorskip("hpacell.cellcrops.synth")
     matched = n_pred = n_ref = 0
     for i in range(3):
         image, cells_true, _, _ = synth.synth_image(

@@ -11,16 +11,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hpacellseg_standin import NotAModule, StandInUNet
-
-from segmentation.backends import get_backend
-from segmentation.backends.hpacellseg import (
+from hpacell.segmentation.backends import get_backend
+from hpacell.segmentation.backends.hpacellseg import (
     CELL_ENV,
     NUCLEI_ENV,
     HpaCellSegBackend,
     ModelFileError,
     label_cells,
 )
+from hpacellseg_standin import NotAModule, StandInUNet
 
 # Size filters for the small synthetic images (the published ones are for 2048 px HPA images).
 SMALL = dict(min_nucleus_size=100, min_cell_size=400, closing_radius=3)
@@ -59,7 +58,7 @@ def _check_consistent(cells: np.ndarray, nuclei: np.ndarray) -> None:
 
 
 def test_loads_standin_unwraps_dataparallel_and_logs(models, caplog):
-    with caplog.at_level(logging.INFO, logger="segmentation.backends.hpacellseg"):
+    with caplog.at_level(logging.INFO, logger="hpacell.segmentation.backends.hpacellseg"):
         b = get_backend("hpacellseg", nuclei_model=models[0], cell_model=models[1], device="cpu")
     assert isinstance(b.cell_model, StandInUNet) and isinstance(b.nuclei_model, StandInUNet)
     assert not b.cell_model.training and b.device == "cpu" and not b.uses_gpu
@@ -171,8 +170,8 @@ def _real_weights() -> tuple[str, str] | None:
 @pytest.mark.hpacellseg_weights
 @pytest.mark.skipif(_real_weights() is None, reason=f"set {NUCLEI_ENV} and {CELL_ENV} to the model files")
 def test_real_weights_match_reference_masks(hpa2021, real_ids):
-    from segmentation.io import read_image_set, read_mask
-    from segmentation.matching import segmentation_scores
+    from hpacell.segmentation.io import read_image_set, read_mask
+    from hpacell.segmentation.matching import segmentation_scores
 
     b = HpaCellSegBackend(*_real_weights(), device="auto", batch_size=2)
     images = [read_image_set(hpa2021 / "images", i) for i in real_ids[:2]]

@@ -4,19 +4,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from segmentation.io import (
+from hpacell.segmentation.io import (
     CHANNELS,
     ImageSetError,
-    atomic_write_bytes,
-    effective_bits,
     find_image_sets,
     read_image_set,
     read_mask,
-    to_float,
-    to_uint8,
     write_mask,
 )
+
+from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.intensity import effective_bits, to_float, to_uint8
 
 
 def _write_set(folder: Path, image_id: str, shape=(40, 60), dtype=np.uint8, ext=".png", seed=0) -> np.ndarray:

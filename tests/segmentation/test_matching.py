@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from segmentation.matching import iou_matrix, match_instances, segmentation_scores
+from hpacell.segmentation.matching import iou_matrix, match_instances, segmentation_scores
 
 
 def _pair(overlap: int, width: int = 100) -> tuple[np.ndarray, np.ndarray]:

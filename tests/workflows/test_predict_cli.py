@@ -6,21 +6,20 @@ import json
 
 import numpy as np
 import pytest
+from hpacell.classifier.scoring.evaluate import read_truth
+from hpacell.classifier.scoring.submission import prediction_string, read_submission, write_submission
+from hpacell.workflows.cli import app
 from typer.testing import CliRunner
-
-from classifier.evaluate import read_truth
-from classifier.submission import prediction_string, read_submission, write_submission
-from workflows.cli import app
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
-    from cellcrops.synth import make_dataset
+    from hpacell.cellcrops.synth import make_synth_dataset
 
     out = tmp_path_factory.mktemp("synth")
-    make_dataset(out, 4, 128, 0, cell_scale=0.4)
+    make_synth_dataset(out, 4, 128, 0, cell_scale=0.4)
     return out
 
 
@@ -79,15 +78,14 @@ def test_evaluate_wrong_confidences_score_lower_and_errors_exit_1(synth_dir, tmp
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     import torch
-
-    from classifier.config import TrainConfig
-    from classifier.model import model_from_config
+    from hpacell.classifier.model import model_from_config
+    from hpacell.classifier.training.config import TrainConfig
 
     torch.manual_seed(0)
     config = TrainConfig(model="resnet18", embedding_dim=16).model_dump(mode="json")
     model = model_from_config(config, 19)
     path = tmp_path_factory.mktemp("run") / "best.pt"
-    from cellcrops.labels import HPA2021
+    from hpacell.cellcrops.labels import HPA2021
 
     torch.save(
         {

@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hpacell.cellcrops.synth import make_synth_dataset
+from hpacell.segmentation.io import mask_paths, read_mask
+from hpacell.segmentation.matching import segmentation_scores
+from hpacell.workflows.cli import COMMANDS, app
 from typer.testing import CliRunner
-
-from cellcrops.synth import make_dataset
-from segmentation.io import mask_paths, read_mask
-from segmentation.matching import segmentation_scores
-from workflows.cli import COMMANDS, app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "segmentation"))
 from hpacellseg_standin import StandInUNet  # noqa: E402
@@ -28,7 +27,7 @@ SMALL = ["-O", "pixel_scale=0.3"]
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("synth")
-    make_dataset(d, 4, size=256, seed=3, height=192, cell_scale=0.5)
+    make_synth_dataset(d, 4, size=256, seed=3, height=192, cell_scale=0.5)
     return d
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from cellcrops.synth import make_dataset
-from workflows.cli import COMMANDS
+from hpacell.cellcrops.synth import make_synth_dataset
+from hpacell.workflows.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflows" / "Snakefile"
@@ -35,7 +34,7 @@ def snakemake(workdir: Path, *args: str, profile: Path = PROFILES / "default") -
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("wf")
-    make_dataset(d / "synth", 4, size=256, seed=7, height=192, cell_scale=0.5)
+    make_synth_dataset(d / "synth", 4, size=256, seed=7, height=192, cell_scale=0.5)
     images = d / "synth" / "images"
     for ch in ("red", "green", "blue", "yellow"):  # a fifth image, corrupt
         (images / f"zz-broken_{ch}.png").write_bytes(b"not a png")
@@ -75,7 +74,7 @@ def test_small_local_run_then_nothing_to_do(images, tmp_path):
         "segment-00001.parquet",
     ]
     if crop:
-        from cellcrops import CellDataset
+        from hpacell.cellcrops import CellDataset
 
         merged = CellDataset(out / "cells")  # one dataset over both shards' crops
         cells = merged.table

@@ -5,9 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hpacell.workflows.cli import app
 from typer.testing import CliRunner
-
-from workflows.cli import app
 
 
 @pytest.fixture
@@ -88,8 +87,8 @@ def test_train_cells_cli_errors(tmp_path, cells_dir):
 def test_example_config_validates():
     from pathlib import Path
 
-    from classifier.config import TrainConfig
-    from workflows.config import load_config
+    from hpacell.classifier.training.config import TrainConfig
+    from hpacell.workflows.config import load_config
 
     cfg = load_config(TrainConfig, Path(__file__).parents[2] / "workflows" / "configs" / "train_cells.yaml")
     assert cfg.model == "resnet50" and cfg.sampler == "pk"
@@ -111,7 +110,7 @@ def test_train_cells_ddp_two_cpu_ranks_with_torchrun(tmp_path, cells_dir):
         "--nproc_per_node",
         "2",
         "-m",
-        "workflows.cli",
+        "hpacell.workflows.cli",
         "train-cells",
         str(cells_dir),
     ]

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hpacell.workflows.cli import COMMANDS, app
 from typer.testing import CliRunner
-
-from workflows.cli import COMMANDS, app
 
 runner = CliRunner()
 TINY = [
@@ -28,10 +27,10 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from cellcrops.synth import make_dataset
+    from hpacell.cellcrops.synth import make_synth_dataset
 
     out = tmp_path_factory.mktemp("synth_cli")
-    make_dataset(out, 12, 256, 11)
+    make_synth_dataset(out, 12, 256, 11)
     return out
 
 
@@ -52,7 +51,7 @@ def test_registered():
 
 
 def test_train_then_predict_scores_feed_cell_blending(synth, run_2021, tmp_path):
-    from classifier.predict import blend, read_image_scores
+    from hpacell.classifier.scoring.predict import blend, read_image_scores
 
     run, printed = run_2021
     assert {"macro_f1_at_0.5", "macro_f1_tuned", "sample_f1_at_0.5", "sample_f1_tuned"} <= set(printed)

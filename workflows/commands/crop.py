@@ -39,7 +39,7 @@ def command(
     import json
     import logging
 
-    from cellcrops.shards import CropOptions, build_cell_dataset
+    from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
 
     log = logging.getLogger("hpacell.crop")
     try:

@@ -18,8 +18,8 @@ def command(
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
     workers: int = typer.Option(None, "--workers", help="Worker processes."),
 ) -> None:
-    from workflows.config import ConfigError, load_config
-    from workflows.demo import DemoConfig, format_summary, run_demo
+    from hpacell.workflows.config import ConfigError, load_config
+    from hpacell.workflows.demo import DemoConfig, format_summary, run_demo
 
     try:
         cfg = load_config(

@@ -31,10 +31,12 @@ def command(
     report: Path = typer.Option(None, "--report", help="Write PR curves and per-class AP bars (PNG) here."),
     taxonomy: str = typer.Option("hpa2021", "--taxonomy", help="Class set of the truth labels."),
 ) -> None:
-    from cellcrops.labels import get_taxonomy
-    from classifier.evaluate import TruthError, evaluate, read_truth
-    from classifier.submission import SubmissionError, read_submission
-    from segmentation.io import ImageSetError, atomic_write_bytes
+    from hpacell.cellcrops.labels import get_taxonomy
+    from hpacell.classifier.scoring.evaluate import TruthError, evaluate, read_truth
+    from hpacell.classifier.scoring.submission import SubmissionError, read_submission
+    from hpacell.segmentation.io import ImageSetError
+
+    from hpacell.utils.files import atomic_write_bytes
 
     try:
         tax = get_taxonomy(taxonomy)
@@ -47,7 +49,7 @@ def command(
     if json_path is not None:
         atomic_write_bytes(json_path, json.dumps(result.summary(), indent=2).encode())
     if report is not None:
-        from classifier.report import plot_ap_bars, plot_pr_curves
+        from hpacell.classifier.scoring.report import plot_ap_bars, plot_pr_curves
 
         plot_pr_curves(result, report / "pr_curves.png")
         plot_ap_bars(result, report / "ap_per_class.png")

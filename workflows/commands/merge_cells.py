@@ -13,7 +13,7 @@ def command(
     ),
     parts: list[Path] = typer.Argument(..., help="Cell dataset folders written by `hpacell crop`."),
 ) -> None:
-    from cellcrops.merge import merge_cell_datasets
+    from hpacell.cellcrops.merge import merge_cell_datasets
 
     try:
         n = merge_cell_datasets(parts, out)

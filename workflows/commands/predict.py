@@ -58,9 +58,9 @@ def command(
     import logging
 
     import torch
-
-    from classifier.predict import PredictConfig, make_report, run_predict
-    from workflows.config import ConfigError, load_config, save_config
+    from hpacell.classifier.scoring.predict import PredictConfig, run_predict
+    from hpacell.classifier.scoring.report import make_report
+    from hpacell.workflows.config import ConfigError, load_config, save_config
 
     log = logging.getLogger("hpacell.predict")
 
@@ -93,7 +93,7 @@ def command(
         fail(str(e))
     try:
         if images is not None:
-            from cellcrops.shards import CropOptions, build_cell_dataset
+            from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
 
             ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
             size = crop_size or int(ckpt["crop_size"])
@@ -112,8 +112,7 @@ def command(
         result = run_predict(checkpoint, cells, out, cfg, masks, ids, image_scores, overwrite)
         if report:
             import pandas as pd
-
-            from classifier.predict import CELL_SCORES, masks_from_meta
+            from hpacell.classifier.scoring.predict import CELL_SCORES, masks_from_meta
 
             meta = json.loads((cells / "meta.json").read_text())
             src = meta.get("sources") or {}

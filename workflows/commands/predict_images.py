@@ -27,7 +27,7 @@ def command(
     cache: Path = typer.Option(None, "--cache", help="Use/fill a downsized-image cache (e.g. RUN/cache)."),
     cache_workers: int = typer.Option(1, "--cache-workers", min=1, help="Processes building the cache."),
 ) -> None:
-    from classifier.predict_images import predict_images
+    from hpacell.classifier.images.predict import predict_images
 
     try:
         summary = predict_images(

@@ -60,7 +60,7 @@ def command(
         [], "--option", "-O", help="Backend option KEY=VALUE (repeatable), e.g. -O pixel_scale=0.5."
     ),
 ) -> None:
-    from segmentation.batch import read_id_list, segment_folder
+    from hpacell.segmentation.batch import read_id_list, segment_folder
 
     try:
         options = _parse_options(option)

@@ -33,13 +33,13 @@ def command(
         False, "--overwrite", help="Regenerate everything, even with other parameters."
     ),
 ) -> None:
-    from cellcrops.synth import make_dataset
+    from hpacell.cellcrops.synth import make_synth_dataset
 
     if bit_depth not in (8, 16):
         typer.echo(f"error: --bit-depth must be 8 or 16, got {bit_depth}", err=True)
         raise typer.Exit(code=1)
     try:
-        summary = make_dataset(
+        summary = make_synth_dataset(
             out,
             images,
             size,

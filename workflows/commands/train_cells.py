@@ -53,10 +53,9 @@ def command(
     limit_train_batches: int = typer.Option(None, "--limit-train-batches", min=1, help="Cap batches/epoch."),
     find_lr: bool = typer.Option(False, "--find-lr", help="Run the LR range test instead of training."),
 ) -> None:
+    from hpacell.classifier.training.config import TrainConfig
+    from hpacell.workflows.config import ConfigError, load_config, save_config
     from pydantic import ValidationError
-
-    from classifier.config import TrainConfig
-    from workflows.config import ConfigError, load_config, save_config
 
     overrides = {
         "model": model,
@@ -97,14 +96,14 @@ def command(
         typer.echo(f"error: {out / 'last.pt'} exists: pass --resume or choose another --out", err=True)
         raise typer.Exit(code=1)
 
-    from classifier.data import build_cell_data
-    from classifier.train import fit
+    from hpacell.classifier.training.data import build_cell_data
+    from hpacell.classifier.training.train import fit
 
     try:
         data = build_cell_data(cells, cfg)
         if find_lr:
-            from classifier.lr_finder import lr_find
-            from classifier.train import build_model, resolve_device, seed_everything
+            from hpacell.classifier.training.lr_finder import lr_find
+            from hpacell.classifier.training.train import build_model, resolve_device, seed_everything
 
             seed_everything(cfg.seed, cfg.deterministic)
             res = lr_find(build_model(cfg, data), data, cfg, out, resolve_device(cfg.device))

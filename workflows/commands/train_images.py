@@ -49,10 +49,9 @@ def command(
     seed: int = typer.Option(None, "--seed"),
     limit_train_batches: int = typer.Option(None, "--limit-train-batches", min=1, help="Cap batches/epoch."),
 ) -> None:
+    from hpacell.classifier.images.data import ImageTrainConfig, parse_channels
+    from hpacell.workflows.config import ConfigError, load_config, save_config
     from pydantic import ValidationError
-
-    from classifier.images import ImageTrainConfig, parse_channels
-    from workflows.config import ConfigError, load_config, save_config
 
     try:
         chans = parse_channels(channels) if channels is not None else None
@@ -100,7 +99,7 @@ def command(
         typer.echo(f"error: {out / 'last.pt'} exists: pass --resume or choose another --out", err=True)
         raise typer.Exit(code=1)
 
-    from classifier.images import train_images
+    from hpacell.classifier.images.train import train_images
 
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
 """Whole-image data for the image-level classifier (``hpacell train-images``).
 
 Every image is its own sample: its four channels (or a subset, e.g. green
-only) are read with :func:`segmentation.io.read_image_set`, mapped to uint8 by
-the shared normalisation (:func:`segmentation.io.to_uint8`) and downscaled to
+only) are read with :func:`hpacell.segmentation.io.read_image_set`, mapped to uint8 by
+the shared normalisation (:func:`hpacell.utils.intensity.to_uint8`) and downscaled to
 ``size x size`` (``cv2.INTER_AREA``). The model, losses, samplers, split and
-training loop are those of the cell classifier (:func:`classifier.train.fit`
-on a :class:`classifier.data.TrainData`).
+training loop are those of the cell classifier (:func:`hpacell.classifier.training.train.fit`
+on a :class:`hpacell.classifier.training.data.TrainData`).
 
 Cache
 -----
@@ -14,7 +14,7 @@ training step at 512 px, so the downsized arrays are cached once: one uint8
 ``(k, size, size)`` ``.npy`` file per image in
 ``CACHE/<size>px-<channels>/<ID>.npy`` (``<channels>`` = initials in
 red, green, blue, yellow order: ``rgby``, ``g``, ``rgb`` ...), built by worker
-processes (:func:`segmentation.jobs.run_jobs`), each file written to a temp
+processes (:func:`hpacell.utils.jobs.run_jobs`), each file written to a temp
 name then renamed. A rerun (or another run sharing ``--cache``) reuses the
 files; an image that cannot be read is recorded as a failure and left out.
 The cache is keyed by image ID: point runs over different image folders that
@@ -22,8 +22,8 @@ reuse IDs at different cache folders.
 
 Channel subsets
 ---------------
-The augmentation and normalisation (:class:`classifier.data.TrainTransform`,
-:func:`classifier.data.eval_transform`) work on 4-channel arrays;
+The augmentation and normalisation (:class:`hpacell.classifier.training.data.TrainTransform`,
+:func:`hpacell.classifier.training.data.eval_transform`) work on 4-channel arrays;
 :class:`ChannelTransform` places a subset's channels at their positions (the
 others zero), applies the 4-channel transform and keeps the subset's channels,
 so each channel keeps its own normalisation statistics.
@@ -31,7 +31,6 @@ so each channel keeps its own normalisation statistics.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -41,12 +40,14 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import torch
+from hpacell.classifier.training.config import TrainConfig
+from hpacell.classifier.training.data import TrainData, TrainTransform, eval_transform
+from hpacell.segmentation.io import CHANNELS, read_image_set
 from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
-from classifier.config import TrainConfig
-from classifier.data import TrainData, TrainTransform, eval_transform
-from segmentation.io import CHANNELS, atomic_file, read_image_set, to_uint8
+from hpacell.utils.files import atomic_file
+from hpacell.utils.intensity import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def channel_key(channels: Sequence[str]) -> str:
 def load_image(files: dict[str, Path], size: int, channels: Sequence[str] = CHANNELS) -> np.ndarray:
     """One image set as a uint8 ``(k, size, size)`` array of ``channels`` (shared normalisation, INTER_AREA).
 
-    Raises :class:`segmentation.io.ImageSetError` naming the file for a bad set.
+    Raises :class:`hpacell.segmentation.io.ImageSetError` naming the file for a bad set.
     """
     img = to_uint8(read_image_set(files))
     idx = [CHANNELS.index(c) for c in channels]
@@ -157,8 +158,8 @@ def build_cache(
     workers: int = 1,
 ) -> tuple[Path, dict[str, str]]:
     """Cache the downsized arrays of ``ids``; returns ``(folder, {ID: error} of failed images)``."""
-    from segmentation.io import clean_stale_temps
-    from segmentation.jobs import run_jobs
+    from hpacell.utils.files import clean_stale_temps
+    from hpacell.utils.jobs import run_jobs
 
     folder = cache_folder(root, size, channels)
     folder.mkdir(parents=True, exist_ok=True)
@@ -285,8 +286,8 @@ def labelled_images(
     images_dir: str | os.PathLike, labels_path: str | os.PathLike
 ) -> tuple[list[str], np.ndarray, Any, dict[str, dict[str, Path]]]:
     """IDs with both an image set and a label row (label-table order), their labels, taxonomy, sets."""
-    from cellcrops.labels import compare_ids, read_labels
-    from segmentation.io import find_image_sets
+    from hpacell.cellcrops.labels import compare_ids, read_labels
+    from hpacell.segmentation.io import find_image_sets
 
     table = read_labels(labels_path)
     sets = find_image_sets(images_dir)
@@ -307,7 +308,7 @@ def build_image_data(
     cache_root: str | os.PathLike,
 ) -> TrainData:
     """Cache the labelled images, split them (multilabel-stratified K-fold) and wrap both sides."""
-    from classifier.split import image_split
+    from hpacell.classifier.training.split import image_split
 
     ids, labels, tax, sets = labelled_images(images_dir, labels_path)
     size, channels = int(config.crop_size), list(config.channels)
@@ -347,43 +348,3 @@ def build_image_data(
             "failed_images": failures,
         },
     )
-
-
-def train_images(
-    images_dir: str | os.PathLike,
-    labels_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: ImageTrainConfig,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Train the image-level model; returns the summary of :func:`classifier.train.fit` plus ``validation``.
-
-    Besides fit's outputs, writes ``RUN/val_scores.csv`` (validation image scores of ``best.pt``, with
-    flip TTA when ``config.tta``), ``RUN/val_report.json`` (macro- and sample-F1 at 0.5 and at the tuned
-    thresholds) and, when images failed, ``RUN/failures.csv``.
-    """
-    from classifier.predict_images import validation_report
-    from classifier.train import fit, resolve_device
-    from segmentation.io import atomic_write_bytes
-
-    out = Path(out_dir)
-    cache_root = Path(config.cache_dir) if config.cache_dir else out / "cache"
-    data = build_image_data(images_dir, labels_path, config, cache_root)
-    failures = data.info["failed_images"]
-    if failures:
-        text = "ID,error\n" + "".join(f"{k},{json.dumps(v)}\n" for k, v in failures.items())
-        atomic_write_bytes(out / "failures.csv", text.encode())
-    summary = fit(data, config, out, resume=resume)
-    if not summary:  # a distributed rank other than 0: rank 0 writes the outputs
-        return summary
-    report = validation_report(
-        out / "best.pt",
-        data.val,
-        out,
-        tta=config.tta,
-        batch_size=config.batch_size,
-        device=resolve_device(config.device),
-    )
-    summary["validation"] = report
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    return summary

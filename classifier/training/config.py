@@ -2,7 +2,7 @@
 
 One flat pydantic model, strict about unknown keys (``extra="forbid"``), so a
 typo in a YAML file is an error. :mod:`classifier` must not import
-:mod:`workflows`, hence its own strict base; ``workflows.config.load_config``
+:mod:`workflows`, hence its own strict base; ``hpacell.workflows.config.load_config``
 and ``save_config`` work with any pydantic model.
 """
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from classifier.config import TrainConfig
-from classifier.data import TrainData, make_train_loader
+from hpacell.classifier.training.config import TrainConfig
+from hpacell.classifier.training.data import TrainData, make_train_loader
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,8 @@ def lr_find(
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Run the sweep; writes ``lr_find.png`` and ``lr_find.json`` into ``out_dir``."""
+    from hpacell.classifier.training.train import build_loss, make_optimizer, train_step_fn
     from tqdm import tqdm
-
-    from classifier.train import build_loss, make_optimizer, train_step_fn
 
     device = torch.device(device)
     out = Path(out_dir)
@@ -102,7 +100,7 @@ def lr_find(
     stop = int(np.argmin(smooth)) + 1 if smooth else 0
     sug = suggest_lr(np.array(lrs[lo:stop]), np.array(smooth[lo:stop])) if stop - lo >= 3 else float("nan")
     result = {"lrs": lrs, "loss": raw, "smoothed_loss": smooth, "suggested_lr": sug, "steps_run": len(lrs)}
-    from segmentation.io import atomic_write_bytes
+    from hpacell.utils.files import atomic_write_bytes
 
     atomic_write_bytes(out / "lr_find.json", json.dumps(result, indent=1).encode())
     _plot(result, out / "lr_find.png")
@@ -116,7 +114,7 @@ def _plot(result: dict[str, Any], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from segmentation.io import atomic_write_bytes
+    from hpacell.utils.files import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result["lrs"], result["loss"], alpha=0.3, label="loss")

@@ -17,8 +17,8 @@ Outputs in ``PRED``:
   rows and their order, and each must have an image;
 * ``failures.csv`` (``ID,error``) for images that could not be read (left out).
 
-Scoring reuses :func:`classifier.predict.score_cells` (the cell predictor's
-batched inference and flip TTA) over a :class:`classifier.images.ImageDataset`.
+Scoring reuses :func:`hpacell.classifier.scoring.predict.score_cells` (the cell predictor's
+batched inference and flip TTA) over a :class:`hpacell.classifier.images.data.ImageDataset`.
 """
 
 from __future__ import annotations
@@ -35,12 +35,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from hpacell.cellcrops.labels import Taxonomy, get_taxonomy, write_labels
+from hpacell.classifier.metrics import f1_report
+from hpacell.classifier.scoring.predict import (
+    IMAGE_LABELS,
+    IMAGE_SCORES,
+    SUBMISSION,
+    label_images,
+    score_cells,
+)
 from torch.utils.data import Dataset
 
-from cellcrops.labels import Taxonomy, get_taxonomy, write_labels
-from classifier.metrics import f1_report
-from classifier.predict import IMAGE_LABELS, IMAGE_SCORES, SUBMISSION, label_images, score_cells
-from segmentation.io import atomic_write_bytes
+from hpacell.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ def labels_from_scores(scores: np.ndarray, thresholds: np.ndarray, taxonomy: Tax
 
     Examples
     --------
-    >>> from cellcrops.labels import HPA2018
+    >>> from hpacell.cellcrops.labels import HPA2018
     >>> labels_from_scores(np.array([[0.9, 0.2], [0.1, 0.3]]), np.full(2, 0.5), HPA2018)
     [[0], [1]]
     """
@@ -107,7 +113,7 @@ def write_image_submission(
     path: str | os.PathLike, ids: Sequence[str], labels: Sequence[Sequence[int]], taxonomy: Taxonomy
 ) -> Path:
     """hpa2018: ``Id,Predicted`` (space-separated); hpa2021: ``ID,Label`` (``|``); atomically."""
-    from cellcrops.labels import HPA2018, format_labels
+    from hpacell.cellcrops.labels import HPA2018, format_labels
 
     header = (
         "Id,Predicted" if taxonomy.name == HPA2018.name else f"{taxonomy.id_column},{taxonomy.label_column}"
@@ -128,10 +134,10 @@ def validation_report(
     """Score the validation images with ``checkpoint``; macro/sample-F1 at 0.5 and at its tuned thresholds.
 
     Writes ``out/val_scores.csv`` and ``out/val_report.json``; ``val`` is an
-    :class:`classifier.images.ImageDataset` (its ``ids`` and ``labels`` are used).
+    :class:`hpacell.classifier.images.data.ImageDataset` (its ``ids`` and ``labels`` are used).
     """
-    from classifier.metrics import per_class_ap
-    from classifier.model import load_checkpoint
+    from hpacell.classifier.metrics import per_class_ap
+    from hpacell.classifier.model import load_checkpoint
 
     out = Path(out)
     model, ckpt = load_checkpoint(checkpoint, device)
@@ -184,14 +190,14 @@ def predict_images(
     """The whole of ``hpacell predict-images``; returns a summary (also ``PRED/summary.json``).
 
     Images are read and downsized on the fly in DataLoader workers, or through
-    the cache of :func:`classifier.images.build_cache` when ``cache_dir`` is given
+    the cache of :func:`hpacell.classifier.images.data.build_cache` when ``cache_dir`` is given
     (e.g. the training run's ``RUN/cache``).
     """
-    from classifier.data import default_workers, eval_transform
-    from classifier.images import ChannelTransform, ImageDataset, build_cache, load_image
-    from classifier.model import load_checkpoint
-    from classifier.predict import resolve_device
-    from segmentation.io import find_image_sets
+    from hpacell.classifier.images.data import ChannelTransform, ImageDataset, build_cache, load_image
+    from hpacell.classifier.model import load_checkpoint
+    from hpacell.classifier.scoring.predict import resolve_device
+    from hpacell.classifier.training.data import default_workers, eval_transform
+    from hpacell.segmentation.io import find_image_sets
 
     out = Path(out)
     dev = resolve_device(device)

@@ -19,10 +19,14 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from hpacell.classifier.training.config import TrainConfig
+from hpacell.classifier.training.samplers import (
+    OversampleSampler,
+    PKBatchSampler,
+    ShuffleSampler,
+    seed_worker,
+)
 from torch.utils.data import DataLoader, Dataset
-
-from classifier.config import TrainConfig
-from classifier.samplers import OversampleSampler, PKBatchSampler, ShuffleSampler, seed_worker
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +237,8 @@ def read_cell_truth(path: str | os.PathLike, table, n_classes: int) -> tuple[np.
 
 def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainData:
     """Split a ``hpacell crop`` folder by image and wrap both sides as ``CellDataset``."""
-    from cellcrops.dataset import CellDataset
-    from classifier.split import image_split
+    from hpacell.cellcrops.dataset import CellDataset
+    from hpacell.classifier.training.split import image_split
 
     probe = CellDataset(cells_dir)
     table, labels = probe.table, np.asarray(probe.labels)

@@ -1,15 +1,15 @@
 """The training loop: dataset-agnostic, resumable, AMP/DDP-ready.
 
-:func:`fit` takes a :class:`classifier.data.TrainData` (train/validation
+:func:`fit` takes a :class:`hpacell.classifier.training.data.TrainData` (train/validation
 datasets yielding dicts with ``"image"``, ``"labels"`` and optionally
-``"features"``) and a :class:`classifier.config.TrainConfig`, and writes to
+``"features"``) and a :class:`hpacell.classifier.training.config.TrainConfig`, and writes to
 ``out_dir``:
 
 * ``last.pt`` every epoch and ``best.pt`` when the validation figure
   (``config.select_metric``) improves: dicts loadable with
   ``torch.load(..., weights_only=True)`` holding the model, EMA, optimizer,
   scheduler, scaler and RNG states, epoch, config, class names and per-class
-  thresholds tuned on validation (:func:`classifier.metrics.tune_thresholds`);
+  thresholds tuned on validation (:func:`hpacell.classifier.metrics.tune_thresholds`);
 * ``metrics.jsonl`` (one JSON line per epoch: each loss part, validation loss,
   macro-F1 at 0.5 and at the tuned thresholds, per-class F1 and AP, mAP, and
   ``val_targets`` saying whether the targets are per-cell truth or labels
@@ -45,13 +45,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from hpacell.classifier.metrics import f1_report, per_class_ap, tune_thresholds
+from hpacell.classifier.model import CellClassifier, create_model
+from hpacell.classifier.training.config import TrainConfig
+from hpacell.classifier.training.data import TrainData, build_cell_data, make_eval_loader, make_train_loader
+from hpacell.classifier.training.losses import CellLoss, class_pos_weight
 from torch import nn
-
-from classifier.config import TrainConfig
-from classifier.data import TrainData, make_eval_loader, make_train_loader
-from classifier.losses import CellLoss, class_pos_weight
-from classifier.metrics import f1_report, per_class_ap, tune_thresholds
-from classifier.model import CellClassifier, create_model
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +328,7 @@ def validation_metrics(
     pred: dict[str, Any], data: TrainData, loss_fn: CellLoss
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Metrics of one validation pass; also returns the (targets, probs) used."""
-    from classifier.losses import bce_loss
+    from hpacell.classifier.training.losses import bce_loss
 
     probs, inherited = pred["probs"], pred["targets"]
     val_loss = float(bce_loss(pred["logits"], torch.from_numpy(inherited), loss_fn.pos_weight))
@@ -382,7 +381,7 @@ def frequency_baseline(train_labels: np.ndarray, y_val: np.ndarray) -> dict[str,
 # --------------------------------------------------------------------------- checkpoints and outputs
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     """``torch.save`` to a temp file in the same folder, then rename."""
-    from segmentation.io import atomic_write_bytes
+    from hpacell.utils.files import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -396,7 +395,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_metrics(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    from segmentation.io import atomic_write_bytes
+    from hpacell.utils.files import atomic_write_bytes
 
     text = "".join(json.dumps(r, allow_nan=True) + "\n" for r in records)
     atomic_write_bytes(path, text.encode())
@@ -409,7 +408,7 @@ def plot_curves(records: Sequence[dict[str, Any]], png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from segmentation.io import atomic_write_bytes
+    from hpacell.utils.files import atomic_write_bytes
 
     ep = [r["epoch"] for r in records]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -589,7 +588,7 @@ def fit(
             "baseline": frequency_baseline(data.train_labels, y_val),
             "data": data.info,
         }
-        from segmentation.io import atomic_write_bytes
+        from hpacell.utils.files import atomic_write_bytes
 
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
@@ -597,3 +596,22 @@ def fit(
 
 def _ranks(d: DistInfo) -> dict[str, int]:
     return {"rank": d.rank, "world_size": d.world_size}
+
+
+def train_cells(
+    cells_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train the cell classifier on a cell dataset (``hpacell crop`` output); returns fit's summary.
+
+    The library call behind ``hpacell train-cells``: :func:`build_cell_data`
+    (image-wise split, transforms, per-cell targets) then :func:`fit`.
+
+    Examples
+    --------
+    >>> summary = train_cells("run/cells", "run/cls", TrainConfig(model="resnet18"))  # doctest: +SKIP
+    """
+    config = config if config is not None else TrainConfig()
+    return fit(build_cell_data(cells_dir, config), config, out_dir, resume=resume)

@@ -6,7 +6,7 @@ Format (as ``sample_submission.csv`` of the competition)::
     <id>,2048,2048,<class> <confidence> <mask> <class> <confidence> <mask> ...
 
 ``mask`` is ``base64(zlib(COCO compressed RLE counts))`` of the full-image
-binary mask of one cell (:mod:`classifier.rle`). A cell appears once per class
+binary mask of one cell (:mod:`hpacell.classifier.scoring.rle`). A cell appears once per class
 it is scored for, with the same mask string. An image without cells has an
 empty ``PredictionString``; every image of the ID list has a row.
 """
@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation.io import atomic_write_bytes
+from hpacell.utils.errors import HpacellError
+from hpacell.utils.files import atomic_write_bytes
 
 HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(HpacellError, ValueError):
     """A malformed submission file; the message names the file and the row."""
 
 

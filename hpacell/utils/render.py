@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from segmentation.io import to_float
+from hpacell.utils.intensity import to_float
 
 
 def composite(image: np.ndarray, gamma: float = 0.8, percentile: float = 99.5) -> np.ndarray:

@@ -1,6 +1,6 @@
 import time
 
-from segmentation.jobs import run_jobs
+from hpacell.utils.jobs import run_jobs
 
 
 def _slow_first(i: int) -> int:

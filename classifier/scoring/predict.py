@@ -3,7 +3,7 @@
 Steps of :func:`run_predict` (``hpacell predict``):
 
 1. **Cell scores**: every crop of a cell dataset (``hpacell crop`` folder) goes
-   through :func:`classifier.data.eval_transform` and the checkpoint's model;
+   through :func:`hpacell.classifier.training.data.eval_transform` and the checkpoint's model;
    probabilities are ``sigmoid(logits)``. ``tta`` averages the probabilities
    (and embeddings) of the crop and its horizontal and vertical flips.
    Written to ``cell_scores.parquet``: ``image_id, cell, cell_uid, x0, y0, x1,
@@ -17,7 +17,7 @@ Steps of :func:`run_predict` (``hpacell predict``):
    validation for F1; ``threshold`` overrides all of them).
 4. **Submission** (``submission.csv``): each cell once per class (or only
    triples with confidence >= ``min_confidence``), mask encoded once per cell
-   from its bbox (:mod:`classifier.rle`).
+   from its bbox (:mod:`hpacell.classifier.scoring.rle`).
 
 Negative (class 18 of hpa2021)
 ------------------------------
@@ -51,15 +51,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from hpacell.cellcrops.labels import HPA2021, get_taxonomy, write_labels
+from hpacell.classifier.scoring.build_submission import build_submission
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cellcrops.labels import HPA2021, get_taxonomy, write_labels
-from classifier.rle import encode_cell
-from classifier.submission import prediction_string, read_ids, write_submission
-from segmentation.io import CELLMASK_SUFFIX, atomic_file, atomic_write_bytes, read_mask
-from segmentation.jobs import run_jobs
+from hpacell.utils.files import atomic_file, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -268,104 +266,6 @@ def blend(
     return (np.asarray(cell, np.float64) ** a) * (img**b)
 
 
-# --------------------------------------------------------------------------- submission
-def _encode_image(job: tuple[str, str, np.ndarray]) -> tuple[int, int, list[str]]:
-    """Mask strings of the cells ``boxes[:, 0]`` (rows cell, x0, y0, x1, y1) of one mask file."""
-    image_id, mask_path, boxes = job
-    mask = read_mask(mask_path)
-    h, w = mask.shape
-    out = []
-    for cell, x0, y0, x1, y1 in boxes.tolist():
-        crop = mask[y0:y1, x0:x1] == cell
-        if not crop.any():
-            raise ValueError(f"{mask_path}: cell {cell} not found in its box {x0},{y0},{x1},{y1}")
-        out.append(encode_cell(crop, x0, y0, h, w))
-    return w, h, out
-
-
-def build_submission(
-    table: pd.DataFrame,
-    confidences: np.ndarray,
-    masks_dir: str | os.PathLike,
-    path: str | os.PathLike,
-    ids_path: str | os.PathLike | None = None,
-    min_confidence: float = 0.0,
-    workers: int = 1,
-) -> dict[str, Any]:
-    """Write ``submission.csv`` from per-cell confidences and the cell masks.
-
-    Parameters
-    ----------
-    table : DataFrame
-        One row per cell: ``image_id, cell, x0, y0, x1, y1`` (bbox, x1/y1 exclusive).
-    confidences : (N, C) array
-        Submission confidence of each cell (table order) for each class.
-    masks_dir : path
-        Folder of ``<ID>_cellmask.png``.
-    ids_path : path, optional
-        A sample submission: its IDs, order and sizes; IDs without cells get an
-        empty string. Without it: every image of the table and every cell mask
-        in ``masks_dir``.
-
-    Returns
-    -------
-    dict
-        ``n_images``, ``n_cells``, ``failed`` ({ID: error}) and ``missing_ids``
-        (IDs of the list without cells).
-    """
-    masks_dir = Path(masks_dir)
-    confidences = np.asarray(confidences, np.float64)
-    if ids_path is not None:
-        ids, sizes = read_ids(ids_path)
-    else:
-        found = sorted(p.name[: -len(CELLMASK_SUFFIX)] for p in masks_dir.glob(f"*{CELLMASK_SUFFIX}"))
-        ids = sorted(set(found) | set(table["image_id"].astype(str)))
-        sizes = None
-    wanted = set(ids)
-    groups = {k: v for k, v in table.groupby(table["image_id"].astype(str), sort=False).indices.items()}
-    jobs = []
-    for image_id, rows in groups.items():
-        if image_id not in wanted:
-            continue
-        boxes = table.iloc[rows][["cell", "x0", "y0", "x1", "y1"]].to_numpy(np.int64)
-        jobs.append((image_id, str(masks_dir / f"{image_id}{CELLMASK_SUFFIX}"), boxes))
-    rows_by_id = {image_id: rows for image_id, rows in groups.items()}
-    out_rows, failed = [], {}
-    for res in run_jobs(_encode_image, jobs, workers=workers, desc="submission", total=len(jobs)):
-        image_id = res.item[0]
-        if not res.ok:
-            log.error("submission: %s: %s", image_id, res.error)
-            failed[image_id] = res.error
-            continue
-        w, h, masks = res.value
-        text = prediction_string(masks, confidences[rows_by_id[image_id]], min_score=min_confidence)
-        out_rows.append((image_id, w, h, text))
-    sizes = dict(sizes or {})
-    done = {r[0] for r in out_rows}
-    missing = [i for i in ids if i not in done]
-    for image_id in missing:
-        if image_id not in sizes:
-            p = masks_dir / f"{image_id}{CELLMASK_SUFFIX}"
-            if p.is_file():
-                h, w = read_mask(p).shape
-                sizes[image_id] = (w, h)
-            elif image_id in groups:
-                r = table.iloc[groups[image_id][0]]
-                sizes[image_id] = (int(r["image_width"]), int(r["image_height"]))
-    unknown = [i for i in missing if i not in sizes]
-    for image_id in unknown:
-        failed.setdefault(image_id, "no mask file and no known image size")
-    write_submission(out_rows, path, ids=[i for i in ids if i not in unknown], sizes=sizes)
-    if unknown:
-        log.error("submission: %d image(s) left out (size unknown), e.g. %s", len(unknown), unknown[0])
-    return {
-        "n_images": len(ids) - len(unknown),
-        "n_cells": int(sum(len(groups[r[0]]) for r in out_rows)),
-        "failed": failed,
-        "missing_ids": [i for i in missing if i not in failed],
-    }
-
-
 # --------------------------------------------------------------------------- the whole run
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     with atomic_file(path) as tmp:
@@ -380,9 +280,9 @@ def predict_table(
     checkpoint: str | os.PathLike, cells_dir: str | os.PathLike, config: PredictConfig
 ) -> tuple[pd.DataFrame, dict]:
     """Cell-score table of a cell dataset (model inference); returns ``(table, checkpoint dict)``."""
-    from cellcrops.dataset import CellDataset
-    from classifier.data import default_workers, eval_transform
-    from classifier.model import load_checkpoint
+    from hpacell.cellcrops.dataset import CellDataset
+    from hpacell.classifier.model import load_checkpoint
+    from hpacell.classifier.training.data import default_workers, eval_transform
 
     device = resolve_device(config.device)
     model, ckpt = load_checkpoint(checkpoint, device)
@@ -501,36 +401,3 @@ def masks_from_meta(cells_dir: str | os.PathLike | None) -> Path | None:
     sources = json.loads(meta.read_text()).get("sources") or {}
     m = sources.get("masks") if isinstance(sources, dict) else None
     return Path(m) if m and Path(m).is_dir() else None
-
-
-def make_report(
-    out: str | os.PathLike,
-    cells_dir: str | os.PathLike,
-    table: pd.DataFrame,
-    classes: Sequence[str],
-    images_dir: str | os.PathLike | None = None,
-    masks_dir: str | os.PathLike | None = None,
-    n_montage: int = 16,
-    n_overlays: int = 4,
-) -> list[Path]:
-    """``out/report/``: per-class montages of the top cells, overlays of a few images (PNG)."""
-    from cellcrops.dataset import CellDataset
-    from classifier.report import class_montages, image_overlays
-
-    report = Path(out) / "report"
-    ds = CellDataset(cells_dir)
-    pos = pd.Series(np.arange(len(ds.table)), index=ds.table["cell_uid"].astype(str))
-    rows = pos.reindex(table["cell_uid"].astype(str)).to_numpy()
-    if np.isnan(rows.astype(float)).any():
-        raise ValueError(f"{cells_dir}: cell scores name cells that are not in the dataset")
-
-    class _Crops:
-        def __getitem__(self, i: int) -> np.ndarray:
-            return ds.crop(int(rows[i]))
-
-    written = class_montages(
-        table, _Crops(), list(classes)[: sum(c.isdigit() for c in table.columns)], report, n=n_montage
-    )
-    if images_dir is not None and masks_dir is not None:
-        written += image_overlays(table, images_dir, masks_dir, classes, report, n_images=n_overlays)
-    return written

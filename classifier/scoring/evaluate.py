@@ -35,14 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from hpacell.cellcrops.labels import HPA2021, Taxonomy, format_labels, parse_label_string
+from hpacell.classifier.metrics import f1_report
+from hpacell.classifier.scoring.rle import decode_counts, encode_mask_cells
+from hpacell.classifier.scoring.submission import ImagePrediction, read_submission
+from hpacell.segmentation.io import CELLMASK_SUFFIX, read_mask
 from pycocotools import mask as coco_mask
 from tqdm.auto import tqdm
 
-from cellcrops.labels import HPA2021, Taxonomy, format_labels, parse_label_string
-from classifier.metrics import f1_report
-from classifier.rle import decode_counts, encode_mask_cells
-from classifier.submission import ImagePrediction, read_submission
-from segmentation.io import CELLMASK_SUFFIX, atomic_write_bytes, read_mask
+from hpacell.utils.errors import HpacellError
+from hpacell.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ IOU_THRESHOLD = 0.6
 TRUTH_CSV_HEADER = ("ID", "ImageWidth", "ImageHeight", "cell", "Label", "mask")
 
 
-class TruthError(ValueError):
+class TruthError(HpacellError, ValueError):
     """Malformed ground truth; the message names the file and the problem."""
 
 

@@ -1,8 +1,8 @@
 """Pictures of a prediction for a person to look at (matplotlib figures saved as PNG, no pyplot).
 
-* :func:`plot_pr_curves`, :func:`plot_ap_bars`: from an :class:`~classifier.evaluate.Evaluation`.
+* :func:`plot_pr_curves`, :func:`plot_ap_bars`: from an :class:`~.evaluate.Evaluation`.
 * :func:`class_montages`: per class, the crops of the top-scoring cells (HPA
-  colour composite, :func:`segmentation.render.composite`).
+  colour composite, :func:`hpacell.utils.render.composite`).
 * :func:`image_overlays`: a few images with every cell outlined and tinted by
   its top class, with a legend.
 """
@@ -17,11 +17,12 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+from hpacell.segmentation.io import read_image_set, read_mask, write_png
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from segmentation.io import atomic_path, read_image_set, read_mask, write_png
-from segmentation.render import composite, draw_outlines
+from hpacell.utils.files import atomic_path
+from hpacell.utils.render import composite, draw_outlines
 
 log = logging.getLogger(__name__)
 
@@ -227,4 +228,36 @@ def image_overlays(
         )
         ax.set_title(f"{image_id}: {len(rows)} cells", fontsize=9)
         written.append(_save(fig, out_dir / f"overlay_{image_id}.png"))
+    return written
+
+
+def make_report(
+    out: str | os.PathLike,
+    cells_dir: str | os.PathLike,
+    table: pd.DataFrame,
+    classes: Sequence[str],
+    images_dir: str | os.PathLike | None = None,
+    masks_dir: str | os.PathLike | None = None,
+    n_montage: int = 16,
+    n_overlays: int = 4,
+) -> list[Path]:
+    """``out/report/``: per-class montages of the top cells, overlays of a few images (PNG)."""
+    from hpacell.cellcrops.dataset import CellDataset
+
+    report = Path(out) / "report"
+    ds = CellDataset(cells_dir)
+    pos = pd.Series(np.arange(len(ds.table)), index=ds.table["cell_uid"].astype(str))
+    rows = pos.reindex(table["cell_uid"].astype(str)).to_numpy()
+    if np.isnan(rows.astype(float)).any():
+        raise ValueError(f"{cells_dir}: cell scores name cells that are not in the dataset")
+
+    class _Crops:
+        def __getitem__(self, i: int) -> np.ndarray:
+            return ds.crop(int(rows[i]))
+
+    written = class_montages(
+        table, _Crops(), list(classes)[: sum(c.isdigit() for c in table.columns)], report, n=n_montage
+    )
+    if images_dir is not None and masks_dir is not None:
+        written += image_overlays(table, images_dir, masks_dir, classes, report, n_images=n_overlays)
     return written

@@ -1,0 +1,27 @@
+"""Plumbing shared by every stage: atomic files, the job runner, intensity scaling, pictures, errors.
+
+Nothing here knows about cells or labels; each stage (:mod:`hpacell.segmentation`,
+:mod:`hpacell.cellcrops`, :mod:`hpacell.classifier`, :mod:`hpacell.workflows`) may import it.
+"""
+
+from hpacell.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "HpacellError": ".errors",
+    "atomic_file": ".files",
+    "atomic_path": ".files",
+    "atomic_write_bytes": ".files",
+    "clean_stale_temps": ".files",
+    "write_json": ".files",
+    "JobResult": ".jobs",
+    "run_jobs": ".jobs",
+    "effective_bits": ".intensity",
+    "to_float": ".intensity",
+    "to_uint8": ".intensity",
+    "composite": ".render",
+    "draw_outlines": ".render",
+    "side_by_side": ".render",
+    "lazy_exports": ".lazy",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
