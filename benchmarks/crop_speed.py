@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import cv2
+
 from hpacell.cellcrops.crop import crop_cells
 from hpacell.segmentation.io import find_image_sets, mask_paths, read_image_set, read_mask
 

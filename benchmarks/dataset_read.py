@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
 from hpacell.cellcrops.crop import crop_cells
 from hpacell.cellcrops.dataset import CellDataset
 from hpacell.cellcrops.labels import HPA2021, read_labels
 from hpacell.cellcrops.shards import CropOptions, ShardWriter, consolidate
 from hpacell.segmentation.io import find_image_sets, mask_paths, read_image_set, read_mask
-from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("HPACELL_SHARED_DATA", REPO.parent / "shared" / "data")) / "hpa2021"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from hpacell.cellcrops.dataset import CellDataset
 from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
 from hpacell.cellcrops.synth import make_synth_dataset

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hpacell.classifier.scoring.rle import encode_cell, encode_counts, encode_mask_cells
-from hpacell.segmentation.io import read_mask
 from pycocotools import mask as coco_mask
 from scipy import ndimage
+
+from hpacell.classifier.scoring.rle import encode_cell, encode_counts, encode_mask_cells
+from hpacell.segmentation.io import read_mask
 
 DATA = Path(os.environ.get("HPACELL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -29,6 +29,7 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
 from hpacell.segmentation.backends import get_backend  # noqa: E402
 from hpacell.segmentation.io import CHANNELS, find_image_sets, read_mask  # noqa: E402
 from hpacell.segmentation.matching import segmentation_scores  # noqa: E402

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from hpacell.cellcrops.synth import image_rng, make_synth_dataset, synth_image
 from hpacell.segmentation.io import find_image_sets, read_image_set, write_png
-
 from hpacell.utils.render import composite, draw_outlines, side_by_side
 
 DATA = Path(os.environ.get("HPACELL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -34,8 +34,8 @@ import logging
 import cv2
 import numpy as np
 import pandas as pd
-from hpacell.cellcrops.features import FEATURE_NAMES, background_level, cell_features, estimate_nuclei
 
+from hpacell.cellcrops.features import FEATURE_NAMES, background_level, cell_features, estimate_nuclei
 from hpacell.utils.intensity import to_uint8
 
 log = logging.getLogger(__name__)

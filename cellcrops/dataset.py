@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
+from hpacell.utils.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -99,7 +101,7 @@ class CellDataset(Dataset):
         if self.feature_columns:
             missing = [c for c in self.feature_columns if c not in self.table.columns]
             if missing:
-                raise KeyError(f"{table_path}: no columns {missing}")
+                raise InputError(f"{table_path}: no columns {missing}")
             self._features = self.table[self.feature_columns].to_numpy(np.float32)
         self._shard = self.table["shard"].to_numpy(np.int64)
         self._row = self.table["row"].to_numpy(np.int64)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_file, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def merge_cell_datasets(parts: Sequence[str | os.PathLike], out: str | os.PathLi
             first = meta
         for key in COMPATIBLE_KEYS:
             if meta.get(key) != first.get(key):
-                raise ValueError(
+                raise InputError(
                     f"{part}: {key}={meta.get(key)!r} differs from {first.get(key)!r} of {parts[0]}"
                 )
         table = pd.read_parquet(table_path)
@@ -66,11 +67,11 @@ def merge_cell_datasets(parts: Sequence[str | os.PathLike], out: str | os.PathLi
         table["shard"] = table["shard"].map(remap).astype("int64")
         tables.append(table)
     if first is None:
-        raise ValueError("no cell datasets to merge")
+        raise InputError("no cell datasets to merge")
     cells = pd.concat(tables, ignore_index=True)
     dup = cells["cell_uid"].duplicated()
     if dup.any():
-        raise ValueError(f"cell {cells['cell_uid'][dup].iloc[0]!r} appears in more than one part")
+        raise InputError(f"cell {cells['cell_uid'][dup].iloc[0]!r} appears in more than one part")
     with atomic_file(out / "cells.parquet") as tmp:
         cells.to_parquet(tmp, index=False)
     meta = {**first, "n_cells": len(cells), "n_shards": len(shard_files), "shard_files": shard_files}

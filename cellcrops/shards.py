@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from hpacell.cellcrops.crop import FEATURE_COLUMNS, GEOMETRY_COLUMNS, crop_cells
 from hpacell.cellcrops.labels import HPA2021, LabelTable, Taxonomy, compare_ids, get_taxonomy, read_labels
 from hpacell.segmentation.io import (
@@ -46,7 +47,7 @@ from hpacell.segmentation.io import (
     read_image_set,
     read_mask,
 )
-
+from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_file, atomic_write_bytes, clean_stale_temps
 from hpacell.utils.jobs import run_jobs
 
@@ -86,11 +87,11 @@ class CropOptions:
 
     def __post_init__(self) -> None:
         if self.size < 8:
-            raise ValueError(f"crop size must be >= 8, got {self.size}")
+            raise InputError(f"crop size must be >= 8, got {self.size}")
         if self.feature_size < 16:
-            raise ValueError(f"feature size must be >= 16, got {self.feature_size}")
+            raise InputError(f"feature size must be >= 16, got {self.feature_size}")
         if self.margin < 0 or self.min_area < 0:
-            raise ValueError("margin and min_area must be >= 0")
+            raise InputError("margin and min_area must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ def _committed(out: Path) -> list[int]:
                 raise FileNotFoundError(f"{path}: missing, but its table part lists {n} cells; rebuild CELLS")
             rows = np.load(path, mmap_mode="r").shape[0]
             if rows != n:
-                raise ValueError(f"{path}: has {rows} crops, its table part lists {n}; rebuild CELLS")
+                raise InputError(f"{path}: has {rows} crops, its table part lists {n}; rebuild CELLS")
     return done
 
 
@@ -286,7 +287,7 @@ def _check_options(out: Path, options: dict) -> None:
         old = json.loads(path.read_text())
         if old != options:
             diff = {k: (old.get(k), v) for k, v in options.items() if old.get(k) != v}
-            raise ValueError(
+            raise InputError(
                 f"{out}: was built with other options {diff} (old, new); use a new output folder "
                 "or delete this one"
             )
@@ -342,7 +343,7 @@ def build_cell_dataset(
     """
     options = options or CropOptions()
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise InputError(f"shard_size must be >= 1, got {shard_size}")
     images_dir, masks_dir, out = Path(images_dir), Path(masks_dir), Path(out)
     labels_source = None
     if labels is not None and not isinstance(labels, LabelTable):
@@ -434,7 +435,7 @@ def consolidate(out: Path, taxonomy: Taxonomy, options: CropOptions, sources: di
     cells = _read_parts(out, "shard", done)
     dup = cells["cell_uid"].duplicated()
     if dup.any():
-        raise ValueError(f"{out}: duplicated cells in the parts, e.g. {cells['cell_uid'][dup].iloc[0]}")
+        raise InputError(f"{out}: duplicated cells in the parts, e.g. {cells['cell_uid'][dup].iloc[0]}")
     _write_parquet(cells[list(TABLE_COLUMNS)], out / "cells.parquet")
     status = _read_parts(out, "status", done)
     status = status.drop_duplicates("image_id", keep="last").sort_values("image_id", ignore_index=True)

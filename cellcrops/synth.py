@@ -49,11 +49,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
+
 from hpacell.cellcrops.labels import HPA2021, format_labels, write_labels
 from hpacell.cellcrops.synth_patterns import PATTERNS, CellGeometry, radial_filaments, reticulum, smooth_noise
 from hpacell.segmentation.io import CHANNELS, mask_paths, write_mask, write_png
-from scipy import ndimage as ndi
-
+from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -407,14 +408,14 @@ def synth_image(
     ((4, 96, 96), 'uint8', True)
     """
     if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        raise InputError(f"bit_depth must be 8 or 16, got {bit_depth}")
     if not 0.0 <= weak_share <= 1.0:
-        raise ValueError(f"weak_share must lie in [0, 1], got {weak_share}")
+        raise InputError(f"weak_share must lie in [0, 1], got {weak_share}")
     if cell_scale <= 0:
-        raise ValueError(f"cell_scale must be positive, got {cell_scale}")
+        raise InputError(f"cell_scale must be positive, got {cell_scale}")
     w, h = int(size), int(height or size)
     if w < 16 or h < 16:
-        raise ValueError(f"image size must be at least 16 px, got {w}x{h}")
+        raise InputError(f"image size must be at least 16 px, got {w}x{h}")
     if classes is None:
         classes = sample_image_classes(rng, negative_share)
     classes = sorted({int(k) for k in classes})
@@ -513,9 +514,9 @@ def make_synth_dataset(
     from hpacell.utils.jobs import run_jobs
 
     if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
+        raise InputError(f"n_images must be >= 1, got {n_images}")
     if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        raise InputError(f"bit_depth must be 8 or 16, got {bit_depth}")
     out = Path(out)
     params = {
         "version": SYNTH_VERSION,
@@ -534,7 +535,7 @@ def make_synth_dataset(
         old_params = {k: v for k, v in old.items() if k in params}
         if old_params != params and not overwrite:
             diff = sorted(k for k in params if old_params.get(k) != params[k])
-            raise ValueError(
+            raise InputError(
                 f"{meta_path}: existing synthetic data was made with other parameters ({', '.join(diff)}); "
                 "use overwrite=True (--overwrite) or another folder"
             )
@@ -562,7 +563,7 @@ def make_synth_dataset(
         iid, cells = res.value
         truth[iid] = cells
     if failures:
-        raise RuntimeError(f"{len(failures)} synthetic images failed, e.g. {failures[0].error}")
+        raise HpacellError(f"{len(failures)} synthetic images failed, e.g. {failures[0].error}")
     rows = ["ID,cell,Label"]
     for iid in ids:
         rows += [f"{iid},{c},{format_labels(ks)}" for c, ks in sorted(truth[iid].items())]

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpacell.utils.errors import InputError
+
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(InputError):
+    """A file that is not the checkpoint or weights it was given as; the message names the file."""
+
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.fc.", "last_linear.")
 FOURTH_CHANNEL = {"red": 0, "green": 1, "blue": 2}
@@ -77,7 +84,7 @@ class CellClassifier(nn.Module):
             self.pool = GeM()
             pooled = nf
         else:
-            raise ValueError(f"unknown pool {pool!r} (avgmax or gem)")
+            raise InputError(f"unknown pool {pool!r} (avgmax or gem)")
         self.n_features = n_features
         self.bn = nn.BatchNorm1d(pooled + n_features)
         self.dropout = nn.Dropout(dropout)
@@ -120,7 +127,7 @@ def create_model(
     try:
         backbone = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0)
     except RuntimeError as e:  # timm: "Unknown model"
-        raise ValueError(f"unknown timm model {name!r}: {e}") from None
+        raise InputError(f"unknown timm model {name!r}: {e}") from None
     if pretrained is not None:
         load_pretrained(backbone, pretrained, fourth_channel_init=fourth_channel_init)
     return CellClassifier(backbone, num_classes, pool, embedding_dim, dropout, n_features)
@@ -133,7 +140,7 @@ def _load_file(path: Path, what: str, hint: str = "") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot read {what.removesuffix(' file')}: {e}") from None
+        raise CheckpointError(f"{path}: cannot read {what.removesuffix(' file')}: {e}") from None
 
 
 def _unwrap(sd: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -142,7 +149,7 @@ def _unwrap(sd: Any, path: Path) -> dict[str, torch.Tensor]:
             sd = sd[key]
             break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: not a state dict (expected a mapping of tensor names to tensors)")
+        raise CheckpointError(f"{path}: not a state dict (expected a mapping of tensor names to tensors)")
     return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
 
 
@@ -161,13 +168,13 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int, fourth: str = "red") -
     if weight.shape[1] == in_chans:
         return weight
     if weight.shape[1] != 3 or in_chans != 4:
-        raise ValueError(f"cannot map a {weight.shape[1]}-channel conv to {in_chans} channels")
+        raise InputError(f"cannot map a {weight.shape[1]}-channel conv to {in_chans} channels")
     if fourth == "mean":
         extra = weight.mean(1, keepdim=True)
     elif fourth in FOURTH_CHANNEL:
         extra = weight[:, FOURTH_CHANNEL[fourth] : FOURTH_CHANNEL[fourth] + 1]
     else:
-        raise ValueError(f"fourth_channel_init must be red, green, blue or mean, not {fourth!r}")
+        raise InputError(f"fourth_channel_init must be red, green, blue or mean, not {fourth!r}")
     return torch.cat([weight, extra], 1)
 
 
@@ -188,10 +195,12 @@ def load_pretrained(backbone: nn.Module, path: str | os.PathLike, fourth_channel
         if v.ndim == 4 and own[k].ndim == 4 and v.shape[1] != own[k].shape[1]:
             v = adapt_first_conv(v, own[k].shape[1], fourth_channel_init)
         if v.shape != own[k].shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model wants {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"{path}: {k} has shape {tuple(v.shape)}, the model wants {tuple(own[k].shape)}"
+            )
         out[k] = v
     if not out:
-        raise ValueError(f"{path}: no parameter names match the backbone (wrong architecture?)")
+        raise CheckpointError(f"{path}: no parameter names match the backbone (wrong architecture?)")
     missing = [k for k in own if k not in out]
     if missing:
         log.warning("%s: %d backbone tensors not in the file, e.g. %s", path, len(missing), missing[:3])
@@ -214,17 +223,32 @@ def model_from_config(
     )
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Load ``best.pt``/``last.pt``: ``(model in eval mode, checkpoint dict)``.
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The dict of an hpacell checkpoint (``best.pt``/``last.pt``), on the CPU.
 
-    Uses the EMA weights when the checkpoint has them. Loads with
-    ``weights_only=True`` (only tensors and plain Python types).
+    Loads with ``weights_only=True`` (only tensors and plain Python types).
+
+    Raises
+    ------
+    FileNotFoundError, CheckpointError
+        Naming the file: missing, unreadable, or not an hpacell checkpoint.
     """
     path = Path(path)
     ckpt = _load_file(path, "checkpoint")
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not an hpacell checkpoint (a {type(ckpt).__name__}, not a dict)")
     for key in ("model", "config", "classes"):
         if key not in ckpt:
-            raise ValueError(f"{path}: not an hpacell checkpoint (no {key!r})")
+            raise CheckpointError(f"{path}: not an hpacell checkpoint (no {key!r})")
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Load ``best.pt``/``last.pt``: ``(model in eval mode, checkpoint dict)``.
+
+    Uses the EMA weights when the checkpoint has them (:func:`read_checkpoint`).
+    """
+    ckpt = read_checkpoint(path)
     model = model_from_config(
         ckpt["config"],
         len(ckpt["classes"]),

@@ -34,6 +34,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
+
 from hpacell.segmentation.backends import Backend, get_backend
 from hpacell.segmentation.io import (
     ImageSetError,
@@ -44,8 +46,7 @@ from hpacell.segmentation.io import (
     write_mask,
     write_png,
 )
-from tqdm.auto import tqdm
-
+from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_file
 from hpacell.utils.jobs import JobResult, run_jobs
 
@@ -81,7 +82,7 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         table = pd.read_csv(path, dtype=str)
         col = next((c for c in ("ID", "Id", "id") if c in table.columns), None)
         if col is None:
-            raise ValueError(f"{path}: CSV has no ID/Id column (columns: {list(table.columns)})")
+            raise InputError(f"{path}: CSV has no ID/Id column (columns: {list(table.columns)})")
         ids = table[col].dropna().str.strip().tolist()
     else:
         ids = [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]

@@ -10,9 +10,10 @@ import logging
 
 import cv2
 import numpy as np
-from hpacell.segmentation.nuclei import disk, otsu, relabel, remove_small, smooth
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
+
+from hpacell.segmentation.nuclei import disk, otsu, relabel, remove_small, smooth
 
 log = logging.getLogger(__name__)
 

@@ -69,7 +69,43 @@ def load_config(model: type[T], path: str | os.PathLike | None = None, **overrid
         return model.model_validate(data)
     except ValidationError as e:
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}invalid configuration:\n{e}") from None
+        raise ConfigError(f"{where}invalid configuration: {validation_message(e)}") from None
+
+
+def resolve_run_config(
+    model: type[T],
+    config_path: str | os.PathLike | None,
+    out: str | os.PathLike,
+    resume: bool,
+    flags: dict[str, Any],
+    check_new_run: bool = True,
+) -> T:
+    """The config of a training run: defaults < YAML (``--config``, or the run's saved
+    ``config.yaml`` when resuming) < command-line flags.
+
+    With ``check_new_run``, a run folder that already holds ``last.pt`` is refused
+    unless ``resume``.
+    """
+    out = Path(out)
+    saved = out / "config.yaml"
+    base = config_path if config_path is not None else (saved if resume and saved.is_file() else None)
+    cfg = load_config(model, base)
+    try:
+        cfg = model.model_validate({**cfg.model_dump(), **flags})
+    except ValidationError as e:
+        raise ConfigError(f"invalid option: {validation_message(e)}") from None
+    if check_new_run and (out / "last.pt").exists() and not resume:
+        raise ConfigError(f"{out / 'last.pt'} exists: pass --resume or choose another --out")
+    return cfg
+
+
+def validation_message(error: ValidationError) -> str:
+    """A pydantic validation error in one line: ``key: problem; key: problem``."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(x) for x in item.get("loc", ())) or "value"
+        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts)
 
 
 def save_config(config: BaseModel, path: str | os.PathLike) -> Path:

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hpacell.workflows.config import StrictModel, save_config
 from pydantic import Field
+
+from hpacell.utils.errors import HpacellError
+from hpacell.workflows.config import StrictModel, save_config
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def _segment(images: Path, out: Path, workers: int, overlays: bool = False, pixe
     table = segment_folder(images, out, backend_options=options, workers=workers, overlays=overlays)
     failed = table[table["status"] != "ok"]
     if len(failed):
-        raise RuntimeError(f"segmentation failed for {len(failed)} images, e.g. {failed.iloc[0]['error']}")
+        raise HpacellError(f"segmentation failed for {len(failed)} images, e.g. {failed.iloc[0]['error']}")
     return out / "masks"
 
 
@@ -89,7 +91,7 @@ def _crop(images: Path, masks: Path, out: Path, size: int, workers: int, labels:
         images, masks, out, labels=labels, options=CropOptions(size=size), workers=workers
     )
     if summary.failed:
-        raise RuntimeError(f"cropping failed: {summary.failed}")
+        raise HpacellError(f"cropping failed: {summary.failed}")
     return out
 
 
@@ -107,7 +109,6 @@ def run_demo(
     from hpacell.classifier.training.config import TrainConfig
     from hpacell.classifier.training.data import build_cell_data
     from hpacell.classifier.training.train import fit
-
     from hpacell.utils.files import atomic_write_bytes
 
     cfg = config or DemoConfig()

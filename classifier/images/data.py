@@ -40,12 +40,13 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import torch
-from hpacell.classifier.training.config import TrainConfig
-from hpacell.classifier.training.data import TrainData, TrainTransform, eval_transform
-from hpacell.segmentation.io import CHANNELS, read_image_set
 from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
+from hpacell.classifier.training.config import TrainConfig
+from hpacell.classifier.training.data import TrainData, TrainTransform, eval_transform
+from hpacell.segmentation.io import CHANNELS, read_image_set
+from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_file
 from hpacell.utils.intensity import to_uint8
 
@@ -109,9 +110,9 @@ def parse_channels(text: str | Sequence[str]) -> list[str]:
         parts = [str(p).strip().lower() for p in text]
     bad = [p for p in parts if p not in CHANNELS]
     if bad:
-        raise ValueError(f"unknown channel(s) {bad}: use red, green, blue, yellow (or r, g, b, y)")
+        raise InputError(f"unknown channel(s) {bad}: use red, green, blue, yellow (or r, g, b, y)")
     if len(set(parts)) != len(parts):
-        raise ValueError(f"repeated channel in {text!r}")
+        raise InputError(f"repeated channel in {text!r}")
     return [c for c in CHANNELS if c in parts]
 
 
@@ -292,11 +293,11 @@ def labelled_images(
     table = read_labels(labels_path)
     sets = find_image_sets(images_dir)
     if not sets:
-        raise ValueError(f"{images_dir}: no image sets (<ID>_{{red,green,blue,yellow}}.png) found")
+        raise InputError(f"{images_dir}: no image sets (<ID>_{{red,green,blue,yellow}}.png) found")
     compare_ids(table.ids, sets)
     keep = [k for k, iid in enumerate(table.ids) if iid in sets]
     if not keep:
-        raise ValueError(f"{labels_path}: none of its IDs has an image set in {images_dir}")
+        raise InputError(f"{labels_path}: none of its IDs has an image set in {images_dir}")
     ids = [table.ids[k] for k in keep]
     return ids, table.matrix[keep], table.taxonomy, sets
 
@@ -316,7 +317,7 @@ def build_image_data(
     ok = np.array([i not in failures for i in ids])
     ids, labels = [i for i, k in zip(ids, ok, strict=True) if k], labels[ok]
     if not ids:
-        raise ValueError(
+        raise InputError(
             f"{images_dir}: every labelled image failed to load (first: {next(iter(failures.values()))})"
         )
     tr, va = image_split(ids, labels, config.folds, config.fold, config.seed)

@@ -35,8 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
+
 from hpacell.cellcrops.labels import Taxonomy, get_taxonomy, write_labels
 from hpacell.classifier.metrics import f1_report
+from hpacell.classifier.model import CheckpointError
 from hpacell.classifier.scoring.predict import (
     IMAGE_LABELS,
     IMAGE_SCORES,
@@ -44,8 +47,7 @@ from hpacell.classifier.scoring.predict import (
     label_images,
     score_cells,
 )
-from torch.utils.data import Dataset
-
+from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -92,12 +94,12 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or rows[0][0].strip() not in ("ID", "Id"):
-        raise ValueError(f"{path}: expected a CSV whose first column is ID or Id")
+        raise InputError(f"{path}: expected a CSV whose first column is ID or Id")
     ids = [r[0].strip() for r in rows[1:] if r and r[0].strip()]
     seen: set[str] = set()
     for i in ids:
         if i in seen:
-            raise ValueError(f"{path}: repeated ID {i!r}")
+            raise InputError(f"{path}: repeated ID {i!r}")
         seen.add(i)
     return ids
 
@@ -206,19 +208,21 @@ def predict_images(
     channels = list(ckpt["config"].get("channels") or ["red", "green", "blue", "yellow"])
     size = int(ckpt["crop_size"])
     if int(ckpt.get("in_chans", 4)) != len(channels):
-        raise ValueError(f"{checkpoint}: in_chans {ckpt.get('in_chans')} does not match channels {channels}")
+        raise CheckpointError(
+            f"{checkpoint}: in_chans {ckpt.get('in_chans')} does not match channels {channels}"
+        )
     sets = find_image_sets(images_dir)
     if ids_path is not None:
         ids = read_id_list(ids_path)
         missing = [i for i in ids if i not in sets]
         if missing:
-            raise ValueError(
+            raise CheckpointError(
                 f"{ids_path}: {len(missing)} ID(s) have no image set in {images_dir}, e.g. {missing[0]!r}"
             )
     else:
         ids = list(sets)
     if not ids:
-        raise ValueError(f"{images_dir}: no image sets found")
+        raise InputError(f"{images_dir}: no image sets found")
     transform = ChannelTransform(eval_transform(size), channels)
     failures: dict[str, str] = {}
     if cache_dir is not None:

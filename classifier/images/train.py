@@ -16,7 +16,6 @@ from typing import Any
 from hpacell.classifier.images.data import ImageTrainConfig, build_image_data
 from hpacell.classifier.images.predict import validation_report
 from hpacell.classifier.training.train import fit, resolve_device
-
 from hpacell.utils.files import atomic_write_bytes
 
 __all__ = ["train_images"]

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from hpacell.classifier.scoring.rle import encode_cell
 from hpacell.classifier.scoring.submission import prediction_string, read_ids, write_submission
 from hpacell.segmentation.io import CELLMASK_SUFFIX, read_mask
-
 from hpacell.utils.jobs import run_jobs
 
 __all__ = ["build_submission"]

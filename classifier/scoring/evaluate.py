@@ -35,14 +35,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hpacell.cellcrops.labels import HPA2021, Taxonomy, format_labels, parse_label_string
-from hpacell.classifier.metrics import f1_report
-from hpacell.classifier.scoring.rle import decode_counts, encode_mask_cells
-from hpacell.classifier.scoring.submission import ImagePrediction, read_submission
-from hpacell.segmentation.io import CELLMASK_SUFFIX, read_mask
 from pycocotools import mask as coco_mask
 from tqdm.auto import tqdm
 
+from hpacell.cellcrops.labels import HPA2021, Taxonomy, format_labels, parse_label_string
+from hpacell.classifier.metrics import f1_report
+from hpacell.classifier.scoring.rle import decode_counts, encode_mask_cells
+from hpacell.classifier.scoring.submission import ImagePrediction, SubmissionError, read_submission
+from hpacell.segmentation.io import CELLMASK_SUFFIX, read_mask
 from hpacell.utils.errors import HpacellError
 from hpacell.utils.files import atomic_write_bytes
 
@@ -334,13 +334,13 @@ def evaluate(
                 confusion[lab, C] += 1
             continue
         if (s.width, s.height) != (t.width, t.height):
-            raise ValueError(
+            raise SubmissionError(
                 f"image {t.image_id}: submitted size {s.width}x{s.height} != truth {t.width}x{t.height}"
             )
         cls = np.asarray(s.classes, np.int64)
         conf = np.asarray(s.confidences, np.float64)
         if cls.min() < 0 or cls.max() >= C:
-            raise ValueError(f"image {t.image_id}: class id out of range 0..{C - 1}")
+            raise SubmissionError(f"image {t.image_id}: class id out of range 0..{C - 1}")
         uniq: dict[str, int] = {}
         det_mask = np.array([uniq.setdefault(m, len(uniq)) for m in s.masks], np.int64)
         if t.masks:

@@ -51,12 +51,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from hpacell.cellcrops.labels import HPA2021, get_taxonomy, write_labels
-from hpacell.classifier.scoring.build_submission import build_submission
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from hpacell.cellcrops.labels import HPA2021, get_taxonomy, write_labels
+from hpacell.classifier.model import load_checkpoint, read_checkpoint
+from hpacell.classifier.scoring.build_submission import build_submission
+from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_file, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -169,7 +171,7 @@ def with_negative(probs: np.ndarray, n_classes: int, negative: int | None) -> np
     if negative is not None and probs.shape[1] == n_classes - 1 and negative == n_classes - 1:
         neg = 1.0 - (probs.max(1, keepdims=True) if probs.shape[0] else np.zeros((0, 1), np.float32))
         return np.concatenate([probs, neg.astype(np.float32)], 1)
-    raise ValueError(f"model has {probs.shape[1]} outputs, the taxonomy {n_classes} classes")
+    raise InputError(f"model has {probs.shape[1]} outputs, the taxonomy {n_classes} classes")
 
 
 # --------------------------------------------------------------------------- images
@@ -188,7 +190,7 @@ def aggregate(image_ids: Sequence[str], probs: np.ndarray, how: str = "max", k: 
     ids = np.asarray(image_ids, dtype=object)
     cols = [str(c) for c in range(probs.shape[1])]
     if how not in ("max", "mean", "topk"):
-        raise ValueError(f"unknown aggregation {how!r} (max, mean or topk)")
+        raise InputError(f"unknown aggregation {how!r} (max, mean or topk)")
     uniq, inv = np.unique(ids.astype(str), return_inverse=True)
     out = np.zeros((uniq.size, probs.shape[1]))
     order = np.argsort(inv, kind="stable")
@@ -234,17 +236,17 @@ def read_image_scores(path: str | os.PathLike, n_classes: int) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: image scores file not found")
+        raise InputError(f"{path}: image scores file not found")
     df = pd.read_csv(path, dtype={"ID": str})
     cols = [str(c) for c in range(n_classes)]
     missing = [c for c in ["ID", *cols] if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (expected ID,0,1,...,{n_classes - 1})")
+        raise InputError(f"{path}: missing column(s) {missing} (expected ID,0,1,...,{n_classes - 1})")
     if df["ID"].duplicated().any():
-        raise ValueError(f"{path}: repeated ID {df['ID'][df['ID'].duplicated()].iloc[0]!r}")
+        raise InputError(f"{path}: repeated ID {df['ID'][df['ID'].duplicated()].iloc[0]!r}")
     values = df[cols].to_numpy(np.float64)
     if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-        raise ValueError(f"{path}: scores must be probabilities in [0, 1]")
+        raise InputError(f"{path}: scores must be probabilities in [0, 1]")
     return pd.DataFrame(values, index=pd.Index(df["ID"], name="ID"), columns=cols)
 
 
@@ -261,7 +263,7 @@ def blend(
     """
     missing = sorted(set(image_ids) - set(image_scores.index))
     if missing:
-        raise ValueError(f"{len(missing)} image(s) have no image-level scores, e.g. {missing[0]!r}")
+        raise InputError(f"{len(missing)} image(s) have no image-level scores, e.g. {missing[0]!r}")
     img = image_scores.loc[list(image_ids)].to_numpy(np.float64)
     return (np.asarray(cell, np.float64) ** a) * (img**b)
 
@@ -281,7 +283,6 @@ def predict_table(
 ) -> tuple[pd.DataFrame, dict]:
     """Cell-score table of a cell dataset (model inference); returns ``(table, checkpoint dict)``."""
     from hpacell.cellcrops.dataset import CellDataset
-    from hpacell.classifier.model import load_checkpoint
     from hpacell.classifier.training.data import default_workers, eval_transform
 
     device = resolve_device(config.device)
@@ -294,7 +295,7 @@ def predict_table(
         log.warning("%s: class names differ from the checkpoint's; using the checkpoint's", cells_dir)
     missing = [c for c in feats if c not in ds.table.columns]
     if missing:
-        raise ValueError(f"{cells_dir}: cells table lacks feature column(s) {missing} the model needs")
+        raise InputError(f"{cells_dir}: cells table lacks feature column(s) {missing} the model needs")
     workers = default_workers() if config.num_workers is None else config.num_workers
     log.info("scoring %d cells on %s (tta=%s)", len(ds), device, config.tta)
     index, probs, emb = score_cells(
@@ -337,7 +338,7 @@ def run_predict(
     if scores_path.is_file() and not overwrite:
         log.info("%s exists: reusing the cell scores (--overwrite to recompute)", scores_path)
         table = pd.read_parquet(scores_path)
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(checkpoint)
     else:
         table, ckpt = predict_table(checkpoint, cells_dir, config)
         _write_parquet(table, scores_path)

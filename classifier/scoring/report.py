@@ -17,10 +17,11 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
-from hpacell.segmentation.io import read_image_set, read_mask, write_png
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from hpacell.segmentation.io import read_image_set, read_mask, write_png
+from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_path
 from hpacell.utils.render import composite, draw_outlines
 
@@ -249,7 +250,7 @@ def make_report(
     pos = pd.Series(np.arange(len(ds.table)), index=ds.table["cell_uid"].astype(str))
     rows = pos.reindex(table["cell_uid"].astype(str)).to_numpy()
     if np.isnan(rows.astype(float)).any():
-        raise ValueError(f"{cells_dir}: cell scores name cells that are not in the dataset")
+        raise InputError(f"{cells_dir}: cell scores name cells that are not in the dataset")
 
     class _Crops:
         def __getitem__(self, i: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpacell.utils.errors import HpacellError
+from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.files import atomic_write_bytes
 
 HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
@@ -131,7 +131,7 @@ def write_submission(
         elif sizes is not None and image_id in sizes:
             (width, height), text = sizes[image_id], ""
         else:
-            raise ValueError(f"image {image_id!r} of the ID list has no prediction and no known size")
+            raise InputError(f"image {image_id!r} of the ID list has no prediction and no known size")
         w.writerow((image_id, int(width), int(height), text))
     return atomic_write_bytes(path, buf.getvalue().encode())
 

@@ -19,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
 from hpacell.classifier.training.config import TrainConfig
 from hpacell.classifier.training.samplers import (
     OversampleSampler,
@@ -26,7 +28,7 @@ from hpacell.classifier.training.samplers import (
     ShuffleSampler,
     seed_worker,
 )
-from torch.utils.data import DataLoader, Dataset
+from hpacell.utils.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +214,7 @@ def read_cell_truth(path: str | os.PathLike, table, n_classes: int) -> tuple[np.
     truth = pd.read_csv(path, dtype={"ID": str, "Label": str})
     missing = {"ID", "cell", "Label"} - set(truth.columns)
     if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)} (expected ID,cell,Label)")
+        raise InputError(f"{path}: missing columns {sorted(missing)} (expected ID,cell,Label)")
     key = dict(
         zip(zip(truth["ID"].astype(str), truth["cell"].astype(int), strict=True), truth["Label"], strict=True)
     )
@@ -230,7 +232,7 @@ def read_cell_truth(path: str | os.PathLike, table, n_classes: int) -> tuple[np.
                 if c.strip():
                     k = int(c)
                     if not 0 <= k < n_classes:
-                        raise ValueError(f"{path}: class {k} out of range for {n_classes} classes")
+                        raise InputError(f"{path}: class {k} out of range for {n_classes} classes")
                     out[i, k] = 1
     return out, found
 
@@ -252,7 +254,7 @@ def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainD
     if config.single_label_only:
         train_rows = train_rows[labels[train_rows].sum(1) == 1]
         if len(train_rows) == 0:
-            raise ValueError(f"{cells_dir}: no training cell comes from a single-label image")
+            raise InputError(f"{cells_dir}: no training cell comes from a single-label image")
     unlabelled = labels[train_rows].sum(1) == 0
     if unlabelled.any():
         log.info("dropping %d training cells without labels", int(unlabelled.sum()))
@@ -283,7 +285,7 @@ def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainD
         data.val_truth, data.val_truth_mask = truth[val_rows], found[val_rows]
         data.info["val_cells_with_truth"] = int(found[val_rows].sum())
         if not found[val_rows].any():
-            raise ValueError(
+            raise InputError(
                 f"{config.cell_truth}: no validation cell matches (image_id, cell) of {cells_dir}"
             )
     return data

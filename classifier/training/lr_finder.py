@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from hpacell.classifier.training.config import TrainConfig
 from hpacell.classifier.training.data import TrainData, make_train_loader
 
@@ -51,8 +52,9 @@ def lr_find(
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Run the sweep; writes ``lr_find.png`` and ``lr_find.json`` into ``out_dir``."""
-    from hpacell.classifier.training.train import build_loss, make_optimizer, train_step_fn
     from tqdm import tqdm
+
+    from hpacell.classifier.training.train import build_loss, make_optimizer, train_step_fn
 
     device = torch.device(device)
     out = Path(out_dir)

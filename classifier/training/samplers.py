@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from hpacell.utils.errors import InputError
+
 
 def oversample_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
     """Per-sample weight = max over its classes of ``freq(class) ** -power``.
@@ -97,7 +99,7 @@ class PKBatchSampler(_EpochSampler, Sampler[list[int]]):
         self.members = [np.flatnonzero(labels[:, c]) for c in range(labels.shape[1])]
         self.classes = np.array([c for c, m in enumerate(self.members) if len(m)])
         if len(self.classes) == 0:
-            raise ValueError("P x K sampler: no class has any cell")
+            raise InputError("P x K sampler: no class has any cell")
         self.p, self.k = min(p, len(self.classes)), k
         total = num_batches or max(1, len(labels) // (self.p * self.k))
         self.num_batches = max(1, total // world_size)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hpacell.utils.errors import InputError
+
 
 def image_split(
     image_ids: Sequence[str], labels: np.ndarray, folds: int = 5, fold: int = 0, seed: int = 0
@@ -44,10 +46,10 @@ def image_split(
     if len(ids) != len(labels):
         raise ValueError(f"{len(ids)} image ids but {len(labels)} label rows")
     if not 0 <= fold < folds:
-        raise ValueError(f"fold {fold} not in 0..{folds - 1}")
+        raise InputError(f"fold {fold} not in 0..{folds - 1}")
     uniq, inverse = np.unique(ids, return_inverse=True)
     if len(uniq) < folds:
-        raise ValueError(f"{len(uniq)} images cannot be split into {folds} folds by image")
+        raise InputError(f"{len(uniq)} images cannot be split into {folds} folds by image")
     img_labels = np.zeros((len(uniq), labels.shape[1]), dtype=np.int64)
     np.maximum.at(img_labels, inverse, (labels > 0).astype(np.int64))
     kfold = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

@@ -45,12 +45,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from hpacell.classifier.metrics import f1_report, per_class_ap, tune_thresholds
-from hpacell.classifier.model import CellClassifier, create_model
+from hpacell.classifier.model import CellClassifier, create_model, read_checkpoint
 from hpacell.classifier.training.config import TrainConfig
 from hpacell.classifier.training.data import TrainData, build_cell_data, make_eval_loader, make_train_loader
 from hpacell.classifier.training.losses import CellLoss, class_pos_weight
-from torch import nn
+from hpacell.utils.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda requested but no CUDA GPU is available")
+            raise InputError("device=cuda requested but no CUDA GPU is available")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -456,7 +458,7 @@ def fit(
     if last_path.exists() and not resume:
         raise FileExistsError(f"{last_path} exists: pass resume=True (--resume) or use another output folder")
     if len(data.train) == 0 or len(data.val) == 0:
-        raise ValueError(f"empty split: {len(data.train)} training and {len(data.val)} validation samples")
+        raise InputError(f"empty split: {len(data.train)} training and {len(data.val)} validation samples")
 
     dist_info = setup_distributed(config.device)
     device = resolve_device(config.device, dist_info.local_rank)
@@ -479,7 +481,7 @@ def fit(
     start, best_score, best_epoch = 0, -math.inf, -1
     records: list[dict[str, Any]] = []
     if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(last_path)
         model.load_state_dict(ckpt["model"])
         if ema is not None and ckpt.get("ema"):
             ema.module.load_state_dict(ckpt["ema"])

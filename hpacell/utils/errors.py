@@ -7,8 +7,12 @@ exits 1. Anything else that escapes a command is a bug and shows its traceback.
 
 from __future__ import annotations
 
-__all__ = ["HpacellError"]
+__all__ = ["HpacellError", "InputError"]
 
 
 class HpacellError(Exception):
     """A problem with the user's input or options; the message says which file and what."""
+
+
+class InputError(HpacellError, ValueError):
+    """An invalid option value or input file content (the message names the option or the file)."""

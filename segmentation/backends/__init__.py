@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from hpacell.utils.errors import InputError
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -56,6 +58,6 @@ def get_backend(name: str, **options: Any) -> Backend:
     try:
         target = BACKENDS[name]
     except KeyError:
-        raise ValueError(f"unknown segmentation backend {name!r}; choose one of {sorted(BACKENDS)}") from None
+        raise InputError(f"unknown segmentation backend {name!r}; choose one of {sorted(BACKENDS)}") from None
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)(**options)

@@ -38,9 +38,10 @@ import logging
 
 import cv2
 import numpy as np
+
 from hpacell.segmentation.cells import cytoplasm_signal, segment_cells
 from hpacell.segmentation.nuclei import segment_nuclei
-
+from hpacell.utils.errors import InputError
 from hpacell.utils.intensity import effective_bits, to_float
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ class BuiltinBackend:
         signal: dict | None = None,
     ) -> None:
         if not 0 < work_scale <= 1:
-            raise ValueError(f"work_scale must lie in (0, 1], got {work_scale}")
+            raise InputError(f"work_scale must lie in (0, 1], got {work_scale}")
         if pixel_scale <= 0:
-            raise ValueError(f"pixel_scale must be positive, got {pixel_scale}")
+            raise InputError(f"pixel_scale must be positive, got {pixel_scale}")
         self.work_scale = float(work_scale)
         self.pixel_scale = float(pixel_scale)
         self.nuclei_options = dict(nuclei or {})

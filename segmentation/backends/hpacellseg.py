@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import relabel_sequential, watershed
 
-from hpacell.utils.errors import HpacellError
+from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.intensity import to_float
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        raise InputError(f"device {device!r} requested but CUDA is not available")
     return device
 
 
@@ -328,9 +328,9 @@ class HpaCellSegBackend:
         closing_radius: int = 6,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 < scale_factor <= 1:
-            raise ValueError(f"scale_factor must lie in (0, 1], got {scale_factor}")
+            raise InputError(f"scale_factor must lie in (0, 1], got {scale_factor}")
         nuclei_path = resolve_model_path(nuclei_model, "nuclei")
         cell_path = resolve_model_path(cell_model, "cell")
         self.device = resolve_device(device)
@@ -360,7 +360,7 @@ class HpaCellSegBackend:
             else:
                 logits = model(x)
             if logits.ndim != 4 or logits.shape[1] < 3 or logits.shape[2:] != x.shape[2:]:
-                raise RuntimeError(
+                raise InputError(
                     f"model output has shape {tuple(logits.shape)}; "
                     f"expected (B, 3, {x.shape[2]}, {x.shape[3]})"
                 )

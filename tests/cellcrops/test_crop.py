@@ -4,14 +4,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
 from hpacell.cellcrops.crop import cell_boxes, crop_cells, resize_hwc, resize_square, square_crop
 from hpacell.cellcrops.labels import read_labels, write_labels
 from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
 from hpacell.segmentation.io import CHANNELS, read_image_set, read_mask, write_mask
-from hpacell.workflows.cli import app
-from typer.testing import CliRunner
-
 from hpacell.utils.intensity import to_uint8
+from hpacell.workflows.cli import app
 
 
 def _write_image(folder: Path, image_id: str, planes: np.ndarray) -> None:

@@ -4,12 +4,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from hpacell.cellcrops import CellDataset
 from hpacell.cellcrops.dataset import multi_hot
 from hpacell.cellcrops.labels import write_labels
 from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
 from hpacell.segmentation.io import CHANNELS, write_mask
-from torch.utils.data import DataLoader
+from hpacell.utils.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def test_rows_transform_features(cells):
     assert item["features"][0] == ds.table.loc[2, "area"]
     with pytest.raises(IndexError):
         CellDataset(cells, rows=[99])
-    with pytest.raises(KeyError):
+    with pytest.raises(InputError):
         CellDataset(cells, feature_columns=["nope"])
 
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from hpacell.cellcrops.features import (
     FEATURE_NAMES,
     background_level,

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from hpacell.cellcrops.labels import (
     HPA2018,
     HPA2021,

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+
 from hpacell.cellcrops import CellDataset
 from hpacell.cellcrops.merge import merge_cell_datasets
 from hpacell.cellcrops.shards import CropOptions, build_cell_dataset

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from hpacell.cellcrops.labels import read_labels
 from hpacell.cellcrops.synth import (
     NEGATIVE,
@@ -19,8 +21,6 @@ from hpacell.cellcrops.synth import (
     synth_image,
 )
 from hpacell.segmentation.io import find_image_sets, read_image_set, read_mask
-from typer.testing import CliRunner
-
 from hpacell.utils.intensity import effective_bits
 
 SMALL = dict(size=128, cell_scale=0.3)

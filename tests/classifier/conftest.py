@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hpacell.classifier.training.data import TrainData, TrainTransform, eval_transform
 from torch.utils.data import Dataset
+
+from hpacell.classifier.training.data import TrainData, TrainTransform, eval_transform
 
 
 class FakeCells(Dataset):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import f1_score
+
 from hpacell.classifier.scoring.evaluate import (
     TruthError,
     TruthImage,
@@ -21,7 +23,6 @@ from hpacell.classifier.scoring.submission import (
     write_submission,
 )
 from hpacell.segmentation.io import write_mask
-from sklearn.metrics import f1_score
 
 H = W = 100
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from hpacell.classifier.images.data import (
     ChannelTransform,
     ImageDataset,

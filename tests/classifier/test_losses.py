@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from hpacell.classifier.training.losses import CellLoss, bce_loss, class_pos_weight, triplet_loss
 
 

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+
 from hpacell.classifier.model import create_model
 from hpacell.classifier.training.data import TrainTransform, eval_transform, read_cell_truth
 

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.utils.data import Dataset
+
 from hpacell.classifier.scoring.build_submission import build_submission
 from hpacell.classifier.scoring.predict import (
     aggregate,
@@ -18,7 +20,6 @@ from hpacell.classifier.scoring.predict import (
 from hpacell.classifier.scoring.rle import decode_mask
 from hpacell.classifier.scoring.submission import read_submission, write_submission
 from hpacell.segmentation.io import write_mask
-from torch.utils.data import Dataset
 
 
 class _Crops(Dataset):

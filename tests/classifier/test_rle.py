@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pycocotools import mask as coco_mask
+
 from hpacell.classifier.scoring.rle import (
     cell_runs,
     decode_counts,
@@ -14,7 +16,6 @@ from hpacell.classifier.scoring.rle import (
     runs_to_string,
 )
 from hpacell.segmentation.io import read_mask
-from pycocotools import mask as coco_mask
 
 
 def _reference(full: np.ndarray) -> bytes:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from hpacell.classifier.training.samplers import OversampleSampler, PKBatchSampler, ShuffleSampler
 from hpacell.classifier.training.split import image_split
 

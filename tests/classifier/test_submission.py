@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from hpacell.classifier.scoring.rle import decode_mask, encode_mask_cells
 from hpacell.classifier.scoring.submission import (
     SubmissionError,

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+
 from hpacell.classifier.model import create_model, load_checkpoint
 from hpacell.classifier.training.config import TrainConfig
 from hpacell.classifier.training.lr_finder import lr_find

@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from standin_backend import BatchingBackend
+
 from hpacell.segmentation.backends import BACKENDS
 from hpacell.segmentation.batch import STATUS_COLUMNS, read_id_list, read_status_table, segment_folder
 from hpacell.segmentation.io import CHANNELS, mask_paths, read_mask
-from standin_backend import BatchingBackend
 
 HERE = Path(__file__).resolve().parent
 
@@ -240,8 +241,9 @@ def test_stale_table_temp_is_removed(images, tmp_path):
 
 def test_gpu_backend_labels_in_worker_processes(tmp_path, monkeypatch):
     import torch
-    from hpacell.segmentation.backends.hpacellseg import HpaCellSegBackend
     from hpacellseg_standin import StandInUNet
+
+    from hpacell.segmentation.backends.hpacellseg import HpaCellSegBackend
 
     d = tmp_path / "images"
     for k in range(3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hpacell.segmentation.backends import Backend, get_backend
 from hpacell.segmentation.io import read_image_set, read_mask
 from hpacell.segmentation.matching import segmentation_scores

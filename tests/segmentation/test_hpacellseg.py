@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hpacellseg_standin import NotAModule, StandInUNet
+
 from hpacell.segmentation.backends import get_backend
 from hpacell.segmentation.backends.hpacellseg import (
     CELL_ENV,
@@ -19,7 +21,6 @@ from hpacell.segmentation.backends.hpacellseg import (
     ModelFileError,
     label_cells,
 )
-from hpacellseg_standin import NotAModule, StandInUNet
 
 # Size filters for the small synthetic images (the published ones are for 2048 px HPA images).
 SMALL = dict(min_nucleus_size=100, min_cell_size=400, closing_radius=3)

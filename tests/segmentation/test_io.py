@@ -4,6 +4,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from hpacell.segmentation.io import (
     CHANNELS,
     ImageSetError,
@@ -12,7 +13,6 @@ from hpacell.segmentation.io import (
     read_mask,
     write_mask,
 )
-
 from hpacell.utils.files import atomic_write_bytes
 from hpacell.utils.intensity import effective_bits, to_float, to_uint8
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hpacell.segmentation.matching import iou_matrix, match_instances, segmentation_scores
 
 

@@ -1,8 +1,9 @@
 import json
 import re
 
-from hpacell.workflows.cli import app
 from typer.testing import CliRunner
+
+from hpacell.workflows.cli import app
 
 
 def test_demo_runs_to_summary_and_resumes(tmp_path):

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from hpacell.classifier.scoring.evaluate import read_truth
 from hpacell.classifier.scoring.submission import prediction_string, read_submission, write_submission
 from hpacell.workflows.cli import app
-from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -78,6 +79,7 @@ def test_evaluate_wrong_confidences_score_lower_and_errors_exit_1(synth_dir, tmp
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     import torch
+
     from hpacell.classifier.model import model_from_config
     from hpacell.classifier.training.config import TrainConfig
 

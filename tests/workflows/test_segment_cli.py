@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from hpacell.cellcrops.synth import make_synth_dataset
 from hpacell.segmentation.io import mask_paths, read_mask
 from hpacell.segmentation.matching import segmentation_scores
 from hpacell.workflows.cli import COMMANDS, app
-from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "segmentation"))
 from hpacellseg_standin import StandInUNet  # noqa: E402

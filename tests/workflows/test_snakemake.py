@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from hpacell.cellcrops.synth import make_synth_dataset
 from hpacell.workflows.cli import COMMANDS
 

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hpacell.workflows.cli import app
 from typer.testing import CliRunner
+
+from hpacell.workflows.cli import app
 
 
 @pytest.fixture

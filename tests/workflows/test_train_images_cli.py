@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from hpacell.workflows.cli import COMMANDS, app
 from typer.testing import CliRunner
+
+from hpacell.workflows.cli import COMMANDS, app
 
 runner = CliRunner()
 TINY = [

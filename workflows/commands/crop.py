@@ -8,16 +8,16 @@ images are recorded in CELLS/crop_status.parquet and make the exit code 1.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+from hpacell.workflows.options import ImagesDir, Labels, Masks, OutDir, Taxonomy, Workers
 
 
 def command(
-    images_dir: Path = typer.Argument(..., help="Folder of <ID>_{red,green,blue,yellow}.<ext> image sets."),
-    masks: Path = typer.Option(..., "--masks", help="Folder of <ID>_cellmask.png (and <ID>_nucleimask.png)."),
-    out: Path = typer.Option(..., "--out", help="Output CELLS folder (resumed when it exists)."),
-    labels: Path | None = typer.Option(None, "--labels", help="Image label table (ID,Label or Id,Target)."),
+    images_dir: ImagesDir,
+    masks: Masks,
+    out: OutDir,
+    labels: Labels = None,
     size: int = typer.Option(256, "--size", help="Crop side in pixels."),
     mask_background: bool = typer.Option(
         True, "--mask-background/--no-mask-background", help="Zero the pixels outside the cell."
@@ -30,11 +30,9 @@ def command(
     feature_size: int = typer.Option(
         128, "--feature-size", help="Side of the crops features are computed on."
     ),
-    taxonomy: str = typer.Option(
-        "hpa2021", "--taxonomy", help="Taxonomy recorded when --labels is not given."
-    ),
+    taxonomy: Taxonomy = "hpa2021",
     shard_size: int = typer.Option(4096, "--shard-size", help="Crops per shard file."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes."),
+    workers: Workers = 1,
 ) -> None:
     import json
     import logging
@@ -42,28 +40,24 @@ def command(
     from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
 
     log = logging.getLogger("hpacell.crop")
-    try:
-        options = CropOptions(
-            size=size,
-            mask_background=mask_background,
-            min_area=min_area,
-            drop_border_cells=drop_border_cells,
-            margin=margin,
-            feature_size=feature_size,
-        )
-        summary = build_cell_dataset(
-            images_dir,
-            masks,
-            out,
-            labels=labels,
-            options=options,
-            taxonomy=None if labels else taxonomy,
-            workers=workers,
-            shard_size=shard_size,
-        )
-    except (OSError, ValueError) as e:
-        typer.echo(f"hpacell crop: error: {e}", err=True)
-        raise typer.Exit(code=1) from None
+    options = CropOptions(
+        size=size,
+        mask_background=mask_background,
+        min_area=min_area,
+        drop_border_cells=drop_border_cells,
+        margin=margin,
+        feature_size=feature_size,
+    )
+    summary = build_cell_dataset(
+        images_dir,
+        masks,
+        out,
+        labels=labels,
+        options=options,
+        taxonomy=None if labels else taxonomy,
+        workers=workers,
+        shard_size=shard_size,
+    )
     report = {
         "images": summary.n_images,
         "skipped_done": summary.n_skipped,

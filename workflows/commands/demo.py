@@ -6,34 +6,28 @@ from pathlib import Path
 
 import typer
 
+from hpacell.workflows.options import ConfigFile, Device, Epochs, OutDir
+
 
 def command(
-    out: Path = typer.Option(Path("hpacell-demo"), "--out", "-o", help="Output folder (a rerun resumes)."),
+    out: OutDir = Path("hpacell-demo"),
     real: Path = typer.Option(
         None, "--real", help="Also segment, crop and score the real HPA images in this folder."
     ),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML demo config (DemoConfig fields)."),
+    config: ConfigFile = None,
     train_images: int = typer.Option(None, "--train-images", help="Synthetic training images."),
-    epochs: int = typer.Option(None, "--epochs", help="Training epochs."),
-    device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    workers: int = typer.Option(None, "--workers", help="Worker processes."),
+    epochs: Epochs = None,
+    device: Device = None,
+    workers: int = typer.Option(None, "--workers", "-j", min=1, help="Worker processes."),
 ) -> None:
-    from hpacell.workflows.config import ConfigError, load_config
+    from hpacell.utils.errors import InputError
+    from hpacell.workflows.config import load_config
     from hpacell.workflows.demo import DemoConfig, format_summary, run_demo
 
-    try:
-        cfg = load_config(
-            DemoConfig, config, train_images=train_images, epochs=epochs, device=device, workers=workers
-        )
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    cfg = load_config(
+        DemoConfig, config, train_images=train_images, epochs=epochs, device=device, workers=workers
+    )
     if real is not None and not real.is_dir():
-        typer.echo(f"error: {real}: folder not found", err=True)
-        raise typer.Exit(1)
-    try:
-        summary = run_demo(out, cfg, real=real, say=typer.echo)
-    except (RuntimeError, ValueError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise InputError(f"{real}: folder not found")
+    summary = run_demo(out, cfg, real=real, say=typer.echo)
     typer.echo(format_summary(summary))

@@ -32,18 +32,12 @@ def command(
     taxonomy: str = typer.Option("hpa2021", "--taxonomy", help="Class set of the truth labels."),
 ) -> None:
     from hpacell.cellcrops.labels import get_taxonomy
-    from hpacell.classifier.scoring.evaluate import TruthError, evaluate, read_truth
-    from hpacell.classifier.scoring.submission import SubmissionError, read_submission
-    from hpacell.segmentation.io import ImageSetError
-
+    from hpacell.classifier.scoring.evaluate import evaluate, read_truth
+    from hpacell.classifier.scoring.submission import read_submission
     from hpacell.utils.files import atomic_write_bytes
 
-    try:
-        tax = get_taxonomy(taxonomy)
-        result = evaluate(read_submission(submission), read_truth(truth, tax), tax.classes, threshold)
-    except (SubmissionError, TruthError, ImageSetError, ValueError, KeyError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=1) from None
+    tax = get_taxonomy(taxonomy)
+    result = evaluate(read_submission(submission), read_truth(truth, tax), tax.classes, threshold)
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if json_path is not None:

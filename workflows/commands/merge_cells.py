@@ -15,9 +15,5 @@ def command(
 ) -> None:
     from hpacell.cellcrops.merge import merge_cell_datasets
 
-    try:
-        n = merge_cell_datasets(parts, out)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    n = merge_cell_datasets(parts, out)
     typer.echo(f"{n} cells from {len(parts)} datasets -> {out}")

@@ -16,14 +16,25 @@ from pathlib import Path
 
 import typer
 
+from hpacell.workflows.options import (
+    BatchSize,
+    Checkpoint,
+    ConfigFile,
+    Device,
+    NumWorkers,
+    OutDir,
+    Overwrite,
+    Tta,
+)
+
 
 def command(
-    checkpoint: Path = typer.Argument(..., help="best.pt / last.pt of hpacell train-cells."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder PRED."),
+    checkpoint: Checkpoint,
+    out: OutDir,
     cells: Path = typer.Option(None, "--cells", help="Cell dataset folder (hpacell crop output)."),
     images: Path = typer.Option(None, "--images", help="Image folder (crop on the fly; needs --masks)."),
     masks: Path = typer.Option(
-        None, "--masks", help="Cell mask folder (<ID>_cellmask.png) for crops/submission."
+        None, "--masks", "-m", help="Cell mask folder (<ID>_cellmask.png) for crops/submission."
     ),
     ids: Path = typer.Option(None, "--ids", help="Sample submission: the IDs, order and sizes to write."),
     image_scores: Path = typer.Option(None, "--image-scores", help="Image-level scores CSV to blend with."),
@@ -38,13 +49,15 @@ def command(
     threshold: float = typer.Option(
         None, "--threshold", help="One threshold for all classes (default: tuned)."
     ),
-    tta: bool = typer.Option(None, "--tta/--no-tta", help="Average over horizontal/vertical flips."),
+    tta: Tta = None,
     embeddings: bool = typer.Option(None, "--embeddings", help="Store each cell's embedding."),
     min_confidence: float = typer.Option(None, "--min-confidence", help="Leave out triples below this."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1),
-    num_workers: int = typer.Option(None, "--num-workers", min=0, help="DataLoader workers."),
-    device: str = typer.Option(None, "--device", help="auto (default), cpu, cuda."),
-    workers: int = typer.Option(None, "--workers", min=1, help="Processes for cropping and mask encoding."),
+    batch_size: BatchSize = None,
+    num_workers: NumWorkers = None,
+    device: Device = None,
+    workers: int = typer.Option(
+        None, "--workers", "-j", min=1, help="Processes for cropping and mask encoding."
+    ),
     crop_size: int = typer.Option(None, "--crop-size", help="On-the-fly crop size (default: checkpoint's)."),
     mask_background: bool = typer.Option(
         True,
@@ -52,77 +65,69 @@ def command(
         help="On-the-fly crops: as the training cells were cut.",
     ),
     report: bool = typer.Option(True, "--report/--no-report", help="Write PRED/report/*.png."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML with the options above."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute the cell scores even if present."),
+    config: ConfigFile = None,
+    overwrite: Overwrite = False,
 ) -> None:
     import logging
 
-    import torch
+    from hpacell.classifier.model import read_checkpoint
     from hpacell.classifier.scoring.predict import PredictConfig, run_predict
     from hpacell.classifier.scoring.report import make_report
-    from hpacell.workflows.config import ConfigError, load_config, save_config
+    from hpacell.utils.errors import InputError
+    from hpacell.workflows.config import load_config, save_config
 
     log = logging.getLogger("hpacell.predict")
 
-    def fail(msg: str) -> None:
-        typer.echo(f"hpacell predict: error: {msg}", err=True)
-        raise typer.Exit(code=1)
-
     if (cells is None) == (images is None):
-        fail("give either --cells or --images (with --masks)")
+        raise InputError("give either --cells or --images (with --masks)")
     if images is not None and masks is None:
-        fail("--images needs --masks")
-    try:
-        cfg = load_config(
-            PredictConfig,
-            config,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=device,
-            tta=tta,
-            embeddings=embeddings,
-            agg=agg,
-            topk=topk,
-            threshold=threshold,
-            cell_power=cell_power,
-            image_power=image_power,
-            min_confidence=min_confidence,
-            workers=workers,
+        raise InputError("--images needs --masks")
+    cfg = load_config(
+        PredictConfig,
+        config,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        tta=tta,
+        embeddings=embeddings,
+        agg=agg,
+        topk=topk,
+        threshold=threshold,
+        cell_power=cell_power,
+        image_power=image_power,
+        min_confidence=min_confidence,
+        workers=workers,
+    )
+    if images is not None:
+        from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
+
+        ckpt = read_checkpoint(checkpoint)
+        size = crop_size or int(ckpt["crop_size"])
+        cells = out / "cells"
+        summary = build_cell_dataset(
+            images,
+            masks,
+            cells,
+            options=CropOptions(size=size, mask_background=mask_background),
+            taxonomy=ckpt.get("taxonomy", "hpa2021"),
+            workers=cfg.workers,
         )
-    except ConfigError as e:
-        fail(str(e))
-    try:
-        if images is not None:
-            from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
+        for image_id, err in sorted(summary.failed.items()):
+            log.error("crop failed: %s: %s", image_id, err)
+    save_config(cfg, out / "predict.yaml")
+    result = run_predict(checkpoint, cells, out, cfg, masks, ids, image_scores, overwrite)
+    if report:
+        import pandas as pd
 
-            ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            size = crop_size or int(ckpt["crop_size"])
-            cells = out / "cells"
-            summary = build_cell_dataset(
-                images,
-                masks,
-                cells,
-                options=CropOptions(size=size, mask_background=mask_background),
-                taxonomy=ckpt.get("taxonomy", "hpa2021"),
-                workers=cfg.workers,
-            )
-            for image_id, err in sorted(summary.failed.items()):
-                log.error("crop failed: %s: %s", image_id, err)
-        save_config(cfg, out / "predict.yaml")
-        result = run_predict(checkpoint, cells, out, cfg, masks, ids, image_scores, overwrite)
-        if report:
-            import pandas as pd
-            from hpacell.classifier.scoring.predict import CELL_SCORES, masks_from_meta
+        from hpacell.classifier.scoring.predict import CELL_SCORES, masks_from_meta
 
-            meta = json.loads((cells / "meta.json").read_text())
-            src = meta.get("sources") or {}
-            table = pd.read_parquet(out / CELL_SCORES)
-            imgs = images or (Path(src["images"]) if src.get("images") else None)
-            result["report"] = len(
-                make_report(out, cells, table, meta["classes"], imgs, masks or masks_from_meta(cells))
-            )
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        fail(str(e))
+        meta = json.loads((cells / "meta.json").read_text())
+        src = meta.get("sources") or {}
+        table = pd.read_parquet(out / CELL_SCORES)
+        imgs = images or (Path(src["images"]) if src.get("images") else None)
+        result["report"] = len(
+            make_report(out, cells, table, meta["classes"], imgs, masks or masks_from_meta(cells))
+        )
     sub = result.get("submission") or {}
     typer.echo(
         json.dumps(

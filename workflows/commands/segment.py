@@ -13,6 +13,9 @@ from pathlib import Path
 
 import typer
 
+from hpacell.utils.errors import InputError
+from hpacell.workflows.options import IdList, ImagesDir, OutDir, Overwrite, Workers
+
 HPACELLSEG_ONLY = ("nuclei_model", "cell_model", "device", "batch_size")
 
 
@@ -24,25 +27,19 @@ def _parse_options(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+            raise InputError(f"--option expects KEY=VALUE, got {pair!r}")
         options[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else None
     return options
 
 
 def command(
-    images_dir: Path = typer.Argument(
-        ..., help="Folder of <ID>_{red,green,blue,yellow}.<png|tif|jpg> files."
-    ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Output folder (masks/, overlays/, segmentation.parquet)."
-    ),
+    images_dir: ImagesDir,
+    out: OutDir,
     backend: str = typer.Option("builtin", "--backend", "-b", help="Segmenter: builtin or hpacellseg."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Worker processes (CPU backends)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose masks already exist."),
+    workers: Workers = 1,
+    overwrite: Overwrite = False,
     overlays: bool = typer.Option(False, "--overlays", help="Also write OUT/overlays/<ID>.png (outlines)."),
-    ids: Path = typer.Option(
-        None, "--ids", help="Only these IDs: a text file (one per line) or a CSV with an ID/Id column."
-    ),
+    ids: IdList = None,
     table: Path = typer.Option(
         None,
         "--table",
@@ -62,29 +59,25 @@ def command(
 ) -> None:
     from hpacell.segmentation.batch import read_id_list, segment_folder
 
-    try:
-        options = _parse_options(option)
-        given = dict(nuclei_model=nuclei_model, cell_model=cell_model, device=device, batch_size=batch_size)
-        given = {k: v for k, v in given.items() if v is not None}
-        if given and backend != "hpacellseg":
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise ValueError(f"{flags} only apply to --backend hpacellseg (backend is {backend!r})")
-        options.update(given)
-        id_list = read_id_list(ids) if ids is not None else None
-        result = segment_folder(
-            images_dir,
-            out,
-            backend=backend,
-            backend_options=options,
-            workers=workers,
-            overwrite=overwrite,
-            overlays=overlays,
-            ids=id_list,
-            table=table,
-        )
-    except (ValueError, OSError, TypeError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=1) from None
+    options = _parse_options(option)
+    given = dict(nuclei_model=nuclei_model, cell_model=cell_model, device=device, batch_size=batch_size)
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and backend != "hpacellseg":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise InputError(f"{flags} only apply to --backend hpacellseg (backend is {backend!r})")
+    options.update(given)
+    id_list = read_id_list(ids) if ids is not None else None
+    result = segment_folder(
+        images_dir,
+        out,
+        backend=backend,
+        backend_options=options,
+        workers=workers,
+        overwrite=overwrite,
+        overlays=overlays,
+        ids=id_list,
+        table=table,
+    )
 
     failed = result[result["status"] != "ok"]
     ok = result[result["status"] == "ok"]

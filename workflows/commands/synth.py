@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from hpacell.workflows.options import Overwrite, Workers
+
 
 def command(
     out: Path = typer.Argument(..., help="Output folder."),
@@ -28,32 +30,26 @@ def command(
     cell_scale: float = typer.Option(
         1.0, "--cell-scale", min=0.05, help="Cell size factor (1.0: nuclei ~90-150 px)."
     ),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Worker processes."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Regenerate everything, even with other parameters."
-    ),
+    workers: Workers = 1,
+    overwrite: Overwrite = False,
 ) -> None:
     from hpacell.cellcrops.synth import make_synth_dataset
+    from hpacell.utils.errors import InputError
 
     if bit_depth not in (8, 16):
-        typer.echo(f"error: --bit-depth must be 8 or 16, got {bit_depth}", err=True)
-        raise typer.Exit(code=1)
-    try:
-        summary = make_synth_dataset(
-            out,
-            images,
-            size,
-            seed,
-            height=height,
-            bit_depth=bit_depth,
-            weak_share=weak_share,
-            negative_share=negative_share,
-            cell_scale=cell_scale,
-            overwrite=overwrite,
-            workers=workers,
-        )
-    except (ValueError, OSError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=1) from None
+        raise InputError(f"--bit-depth must be 8 or 16, got {bit_depth}")
+    summary = make_synth_dataset(
+        out,
+        images,
+        size,
+        seed,
+        height=height,
+        bit_depth=bit_depth,
+        weak_share=weak_share,
+        negative_share=negative_share,
+        cell_scale=cell_scale,
+        overwrite=overwrite,
+        workers=workers,
+    )
     keep = ("out", "n_images", "n_cells", "generated", "skipped", "seconds")
     typer.echo(json.dumps({k: summary[k] for k in keep}))
