@@ -8,6 +8,7 @@ from hpacell.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "HpacellError": ".errors",
+    "InputError": ".errors",
     "atomic_file": ".files",
     "atomic_path": ".files",
     "atomic_write_bytes": ".files",
@@ -22,6 +23,11 @@ _EXPORTS = {
     "draw_outlines": ".render",
     "side_by_side": ".render",
     "lazy_exports": ".lazy",
+    "claim_folder": ".outputs",
+    "check_stamp": ".outputs",
+    "write_stamp": ".outputs",
+    "fingerprint": ".outputs",
+    "file_digest": ".outputs",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
