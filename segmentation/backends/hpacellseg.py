@@ -3,19 +3,26 @@
 The HPA Cell Segmentation models (Zenodo record 4665863) are whole pickled torch
 modules. Their own package breaks on current torch / scikit-image and pushes
 images through one at a time, so this adapter only *loads* the two modules from
-paths the user gives and does the rest itself:
+paths the user gives and reproduces the reference program around them
+(CellProfiling/HPA-Cell-Segmentation @ 7b6dbc6; tested against its outputs in
+``../shared/data/hpacellseg-reference``):
 
-1. preprocessing as the models expect: channels to ``[0, 1]`` (the shared
-   :func:`hpacell.utils.intensity.to_float` rule), resized by ``scale_factor`` (0.25),
-   reflect-padded to a multiple of 32, normalised per channel; the nuclei model
-   sees the blue plane copied into three channels, the cell model the stack
-   (red, yellow, blue);
-2. a batched forward pass on the device (``torch.inference_mode``, optional
-   autocast on CUDA); softmax over the 3 output channels, channel 1 = touching
-   borders, channel 2 = foreground;
-3. the maps are cropped, resized back to full resolution with OpenCV's
-   ``(width, height)`` order (right for non-square images) and labelled by
-   :func:`label_cells` (seeded watershed of cells from nuclei; scikit-image).
+1. each of red, yellow and blue is downscaled by ``scale_factor`` (0.25) with
+   ``skimage.transform.rescale`` (anti-aliased; uint8 / 255, uint16 / 65535);
+   sizes that are not a multiple of 32 at model scale get the reference's
+   ``padding=True`` border (32 px reflected top/left, up to the next multiple of
+   32 bottom/right), multiples of 32 none (its default); normalised per channel
+   in float32; the nuclei model sees blue x 3, the cell model (red, yellow, blue);
+2. a batched forward pass on the device (images of one padded size together;
+   batching does not change a value), softmax over the 3 channels
+   (1 = touching borders, 2 = foreground);
+3. back to full resolution as the reference does: nuclei maps rounded to uint8
+   then enlarged with ``cv2.INTER_AREA``, cell maps enlarged as float then
+   rounded; labelled by :func:`~hpacell.segmentation.backends.hpacellseg_labels.label_cells`.
+
+Departures (README): non-square images keep their shape (the reference returns
+W x H maps, stretched); 12-bit data in 16-bit files is divided by 4095
+(``rescale_12bit=False``: by 65535 as the reference, which then finds no cells).
 
 Nothing is downloaded: a missing model file is an error that says where to get it.
 """
@@ -29,12 +36,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.transform import rescale
+from skimage.util import img_as_ubyte
 
+from hpacell.segmentation.backends.hpacellseg_labels import label_cells
 from hpacell.utils.errors import HpacellError, InputError
-from hpacell.utils.intensity import to_float
+from hpacell.utils.intensity import effective_bits
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +51,9 @@ ZENODO = "https://zenodo.org/record/4665863"
 NUCLEI_FILE = "dpn_unet_nuclei_v1.pth"
 CELL_FILE = "dpn_unet_cell_3ch_v1.pth"
 
-# Per-channel normalisation the models were trained with (see the module docs).
-MEAN = np.array([124.0, 117.0, 104.0], np.float32) / 255.0
-STD = np.float32(1.0 / (0.0167 * 255.0))
-
-# Thresholds of the labelling, on probabilities in [0, 1] (full-resolution pixels).
-NUCLEUS_FOREGROUND = 0.4
-NUCLEUS_SEED = 0.15
-BORDER = 0.05
-CELL_MIN_THRESHOLD = 0.22
+# Per-channel normalisation the models were trained with (float32, as the reference's torch tensors).
+MEAN = np.array([124 / 255, 117 / 255, 104 / 255], np.float32)
+STD = np.float32(1 / (0.0167 * 255))
 
 
 class ModelFileError(HpacellError, FileNotFoundError):
@@ -132,168 +133,97 @@ def resolve_device(device: str) -> str:
 
 
 # --------------------------------------------------------------------------- preprocessing
-def model_inputs(image: np.ndarray, scale_factor: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-    """``(nuclei_input, cell_input)``: two ``(3, h, w)`` float32 arrays at ``scale_factor``, normalised.
-
-    ``image`` is a ``(4, H, W)`` set (red, green, blue, yellow). No padding here.
-
-    Examples
-    --------
-    >>> nuc, cell = model_inputs(np.zeros((4, 96, 128), np.uint8))
-    >>> nuc.shape, cell.shape
-    ((3, 24, 32), (3, 24, 32))
-    """
-    f = to_float(image)
-    h, w = f.shape[1:]
-    size = (max(1, round(w * scale_factor)), max(1, round(h * scale_factor)))  # OpenCV: (width, height)
-    red, _, blue, yellow = (cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in f)
-    nuclei = np.stack([blue, blue, blue])
-    cell = np.stack([red, yellow, blue])
-    norm = (MEAN[:, None, None], STD)
-    return (nuclei - norm[0]) / norm[1], (cell - norm[0]) / norm[1]
-
-
-def pad_batch(arrays: list[np.ndarray], multiple: int = 32) -> np.ndarray:
-    """Reflect-pad ``(C, h, w)`` arrays (bottom/right) to one common size, a multiple of ``multiple``.
+def padding(scaled: tuple[int, int], multiple: int = 32) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` border at model scale: none for multiples of ``multiple``,
+    else the reference's ``padding=True`` (32 px top/left, ``32 - n % 32`` bottom/right).
 
     Examples
     --------
-    >>> pad_batch([np.zeros((3, 24, 32)), np.zeros((3, 40, 20))]).shape
-    (2, 3, 64, 32)
-    """
-    h = max(a.shape[1] for a in arrays)
-    w = max(a.shape[2] for a in arrays)
-    h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-    out = []
-    for a in arrays:
-        pads = ((0, 0), (0, h - a.shape[1]), (0, w - a.shape[2]))
-        mode = "reflect" if min(a.shape[1:]) > 1 else "edge"
-        out.append(np.pad(a, pads, mode=mode))
-    return np.stack(out).astype(np.float32, copy=False)
-
-
-def full_resolution(prob: np.ndarray, scaled: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
-    """Crop a ``(C, h_pad, w_pad)`` probability map to ``scaled`` (h, w) and resize to ``shape`` (H, W).
-
-    Examples
-    --------
-    >>> full_resolution(np.zeros((2, 32, 32), np.float32), (24, 32), (96, 128)).shape
-    (2, 96, 128)
+    >>> padding((512, 512)), padding((432, 432)), padding((512, 400))
+    ((0, 0, 0, 0), (32, 16, 32, 16), (32, 32, 32, 16))
     """
     h, w = scaled
-    H, W = shape
-    return np.stack(
-        [cv2.resize(np.ascontiguousarray(p[:h, :w]), (W, H), interpolation=cv2.INTER_LINEAR) for p in prob]
-    )
+    if h % multiple == 0 and w % multiple == 0:
+        return (0, 0, 0, 0)
+    return (multiple, multiple - h % multiple, multiple, multiple - w % multiple)
 
 
-# --------------------------------------------------------------------------- labelling
-def _fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill holes in the foreground; each hole pixel takes the label of its nearest labelled pixel."""
-    holes = ndi.binary_fill_holes(labels > 0) & (labels == 0)
-    if not holes.any():
-        return labels
-    _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
-    out = labels.copy()
-    out[holes] = labels[iy[holes], ix[holes]]
-    return out
+def _scaled_planes(image: np.ndarray, scale_factor: float, rescale_12bit: bool) -> list[np.ndarray]:
+    """Red, yellow, blue downscaled as the reference (float64 in [0, 1])."""
+    planes = [image[0], image[3], image[2]]
+    if rescale_12bit and image.dtype == np.uint16 and effective_bits(image) == 12:
+        planes = [p / 4095.0 for p in planes]  # departure: the reference divides by 65535
+    return [rescale(p, scale_factor) for p in planes]
 
 
-def _levels(prob: np.ndarray) -> np.ndarray:
-    """Probabilities quantised to 256 levels (as the published uint8 maps): flat plateaus stay flat,
-    so watershed splits them by distance from the seeds, not by float noise."""
-    return np.rint(prob * 255).astype(np.int16)
+def model_inputs(
+    image: np.ndarray, scale_factor: float = 0.25, rescale_12bit: bool = True
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """``(nuclei_input, cell_input, scaled)``: two normalised ``(3, h', w')`` float32 arrays
+    (padded as :func:`padding` says) and the unpadded model-scale size ``(h, w)``.
 
+    ``image`` is a ``(4, H, W)`` set (red, green, blue, yellow).
 
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Zero the labelled regions of fewer than ``min_size`` pixels."""
-    if min_size <= 0 or not labels.any():
-        return labels
-    areas = np.bincount(labels.ravel())
-    small = areas < min_size
-    small[0] = False
-    return np.where(small[labels], 0, labels)
-
-
-def _fill_small_holes(mask: np.ndarray, max_hole: int) -> np.ndarray:
-    """``mask`` with its holes of at most ``max_hole`` pixels filled."""
-    holes, n = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
-    if n == 0:
-        return mask
-    small = np.bincount(holes.ravel()) <= max_hole
-    small[0] = False
-    return mask | small[holes]
-
-
-def label_cells(
-    nuclei_fg: np.ndarray,
-    nuclei_border: np.ndarray,
-    cell_fg: np.ndarray,
-    cell_border: np.ndarray,
-    min_nucleus_size: int = 2500,
-    min_cell_size: int = 5500,
-    closing_radius: int = 6,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Instance labels ``(cells, nuclei)`` from the models' full-resolution probability maps.
-
-    Nuclei: foreground > 0.4, split by seeds where foreground > 0.15 away from
-    borders (> 0.05 in either model's border map), nuclei under
-    ``min_nucleus_size`` px dropped. Cells: foreground above
-    ``max(0.22, 0.5 * Otsu)`` outside the border zone, grown from the nuclei by
-    watershed, cells under ``min_cell_size`` px dropped, closed with a disk of
-    ``closing_radius`` and hole-filled, then a second watershed grows them into
-    the border zone. Each nucleus carries its cell's id; ids are 1..N.
-
-    Returns
-    -------
-    tuple of numpy.ndarray
-        ``(cells, nuclei)``, uint32, the shape of the inputs.
+    Examples
+    --------
+    >>> nuc, cell, scaled = model_inputs(np.zeros((4, 96, 128), np.uint8))
+    >>> nuc.shape, cell.shape, scaled
+    ((3, 64, 96), (3, 64, 96), (24, 32))
     """
-    border_any = (nuclei_border + cell_border) > BORDER
-    # --- nuclei: seeded watershed inside the foreground
-    nuc_mask = _fill_small_holes(nuclei_fg > NUCLEUS_FOREGROUND, 1000)
-    seeds = (nuclei_fg > NUCLEUS_SEED) & ~border_any & nuc_mask
-    markers, _ = ndi.label(seeds, output=np.int32)
-    nuclei = watershed(-_levels(nuclei_fg), markers, mask=nuc_mask)
-    nuclei = _drop_small(nuclei, min_nucleus_size)
-    if not nuclei.any():
-        empty = np.zeros(nuclei_fg.shape, np.uint32)
-        return empty, empty.copy()
+    red, yellow, blue = _scaled_planes(image, scale_factor, rescale_12bit)
+    scaled = blue.shape
+    top, bottom, left, right = padding(scaled)
+    if top or bottom or left or right:
+        red, yellow, blue = (
+            cv2.copyMakeBorder(p, top, bottom, left, right, cv2.BORDER_REFLECT) for p in (red, yellow, blue)
+        )
+    norm = [(p.astype(np.float32) - MEAN[i]) / STD for i, p in enumerate((red, yellow, blue))]
+    nuclei = np.stack([(blue.astype(np.float32) - m) / STD for m in MEAN])
+    return nuclei, np.stack(norm), scaled
 
-    # --- cells: grow from nuclei in the foreground, away from borders
-    otsu = threshold_otsu(cell_fg) if np.ptp(cell_fg) > 0 else 1.0
-    threshold = max(CELL_MIN_THRESHOLD, 0.5 * float(otsu))
-    region = (cell_fg > threshold) & (cell_border <= BORDER)
-    elevation = -_levels(np.maximum(cell_fg, threshold))
-    cells = watershed(elevation, nuclei, mask=region | (nuclei > 0))
-    cells = _drop_small(cells, min_cell_size)
-    if closing_radius > 0 and cells.any():
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * closing_radius + 1,) * 2)
-        closed = cv2.morphologyEx((cells > 0).astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0
-        cells = watershed(elevation, cells, mask=closed)  # closed pixels join their neighbouring cell
-    cells = _fill_label_holes(cells)
-    # --- second watershed: grow into the border zone between touching cells
-    cells = watershed(elevation, cells, mask=(cells > 0) | (cell_border > BORDER))
-    cells = _fill_label_holes(cells)
-    cells = _drop_small(cells, min_cell_size)
-    cells, _, _ = relabel_sequential(cells.astype(np.uint32))
 
-    # --- nuclei keep their cell's id
-    nuc = _drop_small(ndi.label((nuclei > 0) & (cells > 0))[0], min_nucleus_size) > 0
-    nuclei_out = np.where(nuc, cells, 0).astype(np.uint32)
-    return cells.astype(np.uint32), nuclei_out
+def crop_padding(prob: np.ndarray, scaled: tuple[int, int]) -> np.ndarray:
+    """The model-scale image part of a ``(C, h', w')`` output padded by :func:`padding`."""
+    top, _, left, _ = padding(scaled)
+    return prob[:, top : top + scaled[0], left : left + scaled[1]]
+
+
+def full_resolution_maps(maps: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(nuclei_map, cell_map)``: uint8 ``(H, W, 3)`` maps as the reference's ``pred_nuclei`` /
+    ``pred_cells`` return them, from model-scale softmax maps ``(4, h, w)`` float32 (nuclei
+    border, nuclei foreground, cell border, cell foreground).
+
+    Nuclei: rounded to uint8, then enlarged (``INTER_AREA``); cells: enlarged as
+    float, then rounded (the reference's two orders). Channel 0 is 0.
+    """
+    H, W = shape
+    size = (W, H)  # OpenCV: (width, height); the reference passes (H, W) and stretches non-square maps
+    nuclei = np.zeros((H, W, 3), np.uint8)
+    cells = np.zeros((H, W, 3), np.uint8)
+    for ch in (1, 2):
+        nuclei[..., ch] = cv2.resize(img_as_ubyte(maps[ch - 1]), size, interpolation=cv2.INTER_AREA)
+        up = cv2.resize(np.ascontiguousarray(maps[ch + 1]), size, interpolation=cv2.INTER_AREA)
+        cells[..., ch] = img_as_ubyte(up)
+    return nuclei, cells
 
 
 def maps_to_labels(
     maps: np.ndarray, shape: tuple[int, int], **label_options: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(cells, nuclei)`` from model-scale maps ``(4, h, w)`` (nuclei border, nuclei foreground,
-    cell border, cell foreground): resized to ``shape`` (H, W), then :func:`label_cells`."""
-    nb, nf, cb, cf = full_resolution(maps, maps.shape[1:], shape)
-    return label_cells(nf, nb, cf, cb, **label_options)
+    """``(cells, nuclei)`` from model-scale maps (see :func:`full_resolution_maps`) at ``shape``."""
+    nuclei_map, cell_map = full_resolution_maps(maps, shape)
+    return label_cells(cell_map, nuclei_map, **label_options)
 
 
 # --------------------------------------------------------------------------- the backend
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise InputError(f"option {name} expects true or false, got {value!r}")
+
+
 class HpaCellSegBackend:
     """The HPA DPN-UNet nuclei + 3-channel cell models (see the module docs).
 
@@ -304,13 +234,19 @@ class HpaCellSegBackend:
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     batch_size : int
-        Images per forward pass.
+        Images per forward pass (images of one size go together).
     scale_factor : float
         Resize factor before the models (0.25 as published).
     amp : bool
-        Autocast to float16 on CUDA.
+        Autocast to float16 on CUDA (faster; maps no longer the reference's).
+    rescale_12bit : bool
+        True: 16-bit files holding 12-bit data are divided by 4095 (the reference
+        divides by 65535 and then finds nothing); False: as the reference.
+    boundary_gaps : bool
+        True (the reference): touching cells are split by ~2 px gaps and pieces
+        cut off from their nucleus become cells; False: touching cells touch.
     min_nucleus_size, min_cell_size, closing_radius : int
-        Labelling sizes in full-resolution pixels (published values for HPA images).
+        Labelling sizes in full-resolution pixels (the reference's values for HPA images).
     """
 
     name = "hpacellseg"
@@ -323,6 +259,8 @@ class HpaCellSegBackend:
         batch_size: int = 4,
         scale_factor: float = 0.25,
         amp: bool = False,
+        rescale_12bit: bool = True,
+        boundary_gaps: bool = True,
         min_nucleus_size: int = 2500,
         min_cell_size: int = 5500,
         closing_radius: int = 6,
@@ -336,9 +274,13 @@ class HpaCellSegBackend:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.scale_factor = scale_factor
-        self.amp = amp and self.device.startswith("cuda")
+        self.amp = _as_bool("amp", amp) and self.device.startswith("cuda")
+        self.rescale_12bit = _as_bool("rescale_12bit", rescale_12bit)
         self.label_options = dict(
-            min_nucleus_size=min_nucleus_size, min_cell_size=min_cell_size, closing_radius=closing_radius
+            boundary_gaps=_as_bool("boundary_gaps", boundary_gaps),
+            min_nucleus_size=min_nucleus_size,
+            min_cell_size=min_cell_size,
+            closing_radius=closing_radius,
         )
         self.nuclei_model = load_model(nuclei_path, self.device)
         self.cell_model = load_model(cell_path, self.device)
@@ -349,7 +291,7 @@ class HpaCellSegBackend:
         return self.device.startswith("cuda")
 
     def _forward(self, model: Any, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(B, 3, h, w)`` float32 of a model on a padded batch."""
+        """Softmax probabilities ``(B, 3, h, w)`` float32 of a model on a batch of inputs."""
         import torch
 
         with torch.inference_mode():
@@ -364,43 +306,48 @@ class HpaCellSegBackend:
                     f"model output has shape {tuple(logits.shape)}; "
                     f"expected (B, 3, {x.shape[2]}, {x.shape[3]})"
                 )
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            return torch.softmax(logits[:, :3].float(), dim=1).cpu().numpy()
 
     def infer_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """The device part: per image, the models' maps at model scale, cropped to the image.
+        """The device part: per image, the models' softmax maps at model scale, padding cut off.
 
         Each is ``(4, h, w)`` float32 = nuclei border, nuclei foreground, cell
         border, cell foreground; :func:`maps_to_labels` finishes them (on the CPU,
-        possibly in another process; see :meth:`postprocess`).
+        possibly in another process; see :meth:`postprocess`). Images of the same
+        padded size share forward passes of up to ``batch_size``.
         """
-        out: list[np.ndarray] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            for im in chunk:
-                if im.ndim != 3 or im.shape[0] != 4:
-                    raise ValueError(f"expected a (4, H, W) image set, got shape {im.shape}")
-            inputs = [model_inputs(im, self.scale_factor) for im in chunk]
-            nuc = self._forward(self.nuclei_model, pad_batch([a for a, _ in inputs]))
-            cell = self._forward(self.cell_model, pad_batch([b for _, b in inputs]))
-            for i in range(len(chunk)):
-                h, w = inputs[i][0].shape[1:]
-                out.append(np.ascontiguousarray(np.concatenate([nuc[i, 1:3, :h, :w], cell[i, 1:3, :h, :w]])))
-        return out
+        for im in images:
+            if im.ndim != 3 or im.shape[0] != 4:
+                raise ValueError(f"expected a (4, H, W) image set, got shape {im.shape}")
+        inputs = [model_inputs(im, self.scale_factor, self.rescale_12bit) for im in images]
+        out: list[np.ndarray | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (nuc, _, _) in enumerate(inputs):
+            groups.setdefault(nuc.shape, []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                nuc = self._forward(self.nuclei_model, np.stack([inputs[i][0] for i in chunk]))
+                cell = self._forward(self.cell_model, np.stack([inputs[i][1] for i in chunk]))
+                for j, i in enumerate(chunk):
+                    both = np.concatenate([nuc[j, 1:3], cell[j, 1:3]])
+                    out[i] = np.ascontiguousarray(crop_padding(both, inputs[i][2]))
+        return out  # type: ignore[return-value]
 
     def postprocess(self) -> tuple[Any, dict[str, Any]]:
         """``(function, options)`` turning one :meth:`infer_batch` result into labels:
         ``function(maps, (H, W), **options) -> (cells, nuclei)``; picklable, for worker processes."""
         return maps_to_labels, dict(self.label_options)
 
-    def predict_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Full-resolution ``(4, H, W)`` probability maps per image (see :meth:`infer_batch`)."""
+    def predict_maps(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image ``(nuclei_map, cell_map)``, the uint8 ``(H, W, 3)`` maps the labelling gets."""
         return [
-            full_resolution(m, m.shape[1:], im.shape[1:])
+            full_resolution_maps(m, im.shape[1:])
             for m, im in zip(self.infer_batch(images), images, strict=True)
         ]
 
     def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(cells, nuclei)`` uint32 label images of one ``(4, H, W)`` image set."""
+        """``(cells, nuclei)`` uint16 label images of one ``(4, H, W)`` image set."""
         return self.segment_batch([image])[0]
 
     def segment_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -19,8 +19,8 @@ from hpacell.segmentation.backends.hpacellseg import (
     NUCLEI_ENV,
     HpaCellSegBackend,
     ModelFileError,
-    label_cells,
 )
+from hpacell.segmentation.backends.hpacellseg_labels import label_cells
 
 # Size filters for the small synthetic images (the published ones are for 2048 px HPA images).
 SMALL = dict(min_nucleus_size=100, min_cell_size=400, closing_radius=3)
@@ -114,19 +114,82 @@ def test_size_filters_drop_small_cells(models):
     assert cells.max() == 0 and nuclei.max() == 0
 
 
-def test_label_cells_grows_from_nuclei_into_border_zone():
-    h, w = 120, 200
-    yy, xx = np.mgrid[:h, :w]
+def maps(nuclei_fg: np.ndarray, cell_fg: np.ndarray, cell_border: np.ndarray | None = None):
+    """Reference-layout uint8 ``(H, W, 3)`` maps (channel 1 border, 2 foreground) from 0/1 planes."""
+    nuclei_map = np.zeros((*nuclei_fg.shape, 3), np.uint8)
+    cell_map = np.zeros_like(nuclei_map)
+    nuclei_map[..., 2] = nuclei_fg * 255
+    cell_map[..., 2] = cell_fg * 255
+    if cell_border is not None:
+        cell_map[..., 1] = cell_border * 255
+    return cell_map, nuclei_map
+
+
+def two_touching_cells():
+    yy, xx = np.mgrid[:120, :200]
     nuc_fg = (((yy - 60) ** 2 + (xx - 50) ** 2) < 15**2) | (((yy - 60) ** 2 + (xx - 150) ** 2) < 15**2)
     cell_fg = (np.abs(yy - 60) < 40) & (np.abs(xx - 100) < 90)
     cell_border = (np.abs(xx - 100) < 3) & cell_fg  # a touching border between the two cells
-    zeros = np.zeros((h, w), np.float32)
-    cells, nuclei = label_cells(
-        nuc_fg.astype(np.float32), zeros, cell_fg.astype(np.float32), cell_border.astype(np.float32), **SMALL
-    )
-    assert cells.max() == 2 and cells[60, 50] != cells[60, 150]
-    assert (cells > 0).sum() == cell_fg.sum()  # the border zone was grown into
+    return maps(nuc_fg, cell_fg, cell_border), cell_fg
+
+
+def test_touching_cells_get_a_2px_gap_unless_boundary_gaps_is_false():
+    (cell_map, nuclei_map), cell_fg = two_touching_cells()
+    cells, nuclei = label_cells(cell_map, nuclei_map, **SMALL)
+    assert cells.dtype == np.uint16 and cells.max() == 2 and cells[60, 50] != cells[60, 150]
     _check_consistent(cells, nuclei)
+    row = cells[60, 90:110]
+    assert np.count_nonzero(row == 0) == 2  # the reference's gap between touching cells
+    # each of the two "fill holes" steps shaves 1 px off the outer edges (the border zone grows back)
+    assert not cells[21].any() and not cells[22, :98].any() and not cells[:, 11:13].any()
+    assert (cells[23:98, 13:188] > 0).mean() > 0.98
+    touching, t_nuclei = label_cells(cell_map, nuclei_map, boundary_gaps=False, **SMALL)
+    assert touching.max() == 2 and ((touching > 0) == cell_fg).all()  # no gap, nothing shaved
+    _check_consistent(touching, t_nuclei)
+
+
+def test_a_piece_cut_off_from_its_nucleus_is_kept_as_a_cell():
+    # two 100 px squares joined by a 2 px bridge; the nucleus is in the left one. The boundary
+    # removal of the reference's "fill holes" cuts the bridge: the right square becomes a cell.
+    yy, xx = np.mgrid[:150, :300]
+    cell_fg = (yy >= 25) & (yy < 125) & (((xx >= 20) & (xx < 120)) | ((xx >= 160) & (xx < 260)))
+    cell_fg |= (yy >= 74) & (yy < 76) & (xx >= 120) & (xx < 160)
+    nuc_fg = ((yy - 75) ** 2 + (xx - 70) ** 2) < 20**2
+    cell_map, nuclei_map = maps(nuc_fg, cell_fg)
+    cells, nuclei = label_cells(cell_map, nuclei_map, min_nucleus_size=1000)
+    assert cells.max() == 2 and cells[75, 70] == 1 and cells[75, 210] == 2
+    assert set(np.unique(nuclei)) == {0, 1}  # the fragment has no nucleus
+    assert not np.any((nuclei > 0) & (nuclei != cells))
+    one, _ = label_cells(cell_map, nuclei_map, min_nucleus_size=1000, boundary_gaps=False)
+    assert one.max() == 1
+
+
+def test_more_than_255_cells_wrap_as_in_the_reference():
+    # 300 separate cells (15 rows x 20 columns). The reference casts the first watershed's ids to
+    # uint8: the cell of the 256th nucleus (raster order) becomes background and is lost; ids
+    # 257..300 share values with 1..44 but are separate pieces, so they come back as cells.
+    rows, cols, tile = 15, 20, 56
+    cell_fg = np.zeros((rows * tile, cols * tile), bool)
+    nuc_fg = np.zeros_like(cell_fg)
+    for r in range(rows):
+        for c in range(cols):
+            y, x = r * tile + 8, c * tile + 8
+            cell_fg[y : y + 40, x : x + 40] = True
+            nuc_fg[y + 8 : y + 32, x + 8 : x + 32] = True
+    cell_map, nuclei_map = maps(nuc_fg, cell_fg)
+    cells, nuclei = label_cells(cell_map, nuclei_map, min_nucleus_size=100, min_cell_size=1000)
+    assert cells.dtype == np.uint16 and cells.max() == 299
+    lost = divmod(255, cols)  # the 256th cell
+    y, x = lost[0] * tile + 28, lost[1] * tile + 28
+    assert cells[y, x] == 0 and cells[y, x + tile] > 0 and cells[y, x - tile] > 0
+    _check_consistent(cells, nuclei)
+
+
+def test_empty_maps_give_empty_masks():
+    zeros = np.zeros((64, 96, 3), np.uint8)
+    cells, nuclei = label_cells(zeros, zeros)
+    assert cells.shape == nuclei.shape == (64, 96) and not cells.any() and not nuclei.any()
+    assert cells.dtype == nuclei.dtype == np.uint16
 
 
 def test_missing_weights_error_says_where_to_get_them(tmp_path, monkeypatch):
