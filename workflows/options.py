@@ -12,6 +12,7 @@ YAML file or the saved run config supplies the rest.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +48,22 @@ Device = Annotated[
 ]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Samples per batch.")]
 NumWorkers = Annotated[int | None, typer.Option("--num-workers", min=0, help="DataLoader worker processes.")]
+
+
+class MatchMode(StrEnum):
+    """``evaluate --match``: IoU of masks or of their enclosing boxes."""
+
+    mask = "mask"
+    box = "box"
+
+
+Match = Annotated[
+    MatchMode,
+    typer.Option(
+        "--match",
+        help="IoU of masks (Kaggle's stated metric) or of their enclosing boxes (organisers' re-scoring).",
+    ),
+]
 Tta = Annotated[
     bool | None, typer.Option("--tta/--no-tta", help="Average over horizontal and vertical flips.")
 ]

@@ -1,22 +1,37 @@
 """Score a 2021 submission against per-cell ground truth: mAP at IoU 0.6, image-level F1.
 
-The metric is the one the competition organisers used (the Open Images
-instance-segmentation evaluator, IoU threshold 0.6), re-implemented here:
+The rules are those of the organisers' evaluator (the Open Images challenge
+evaluator, IoU threshold 0.6), re-implemented here:
 
-* Per class ``c`` and per image, the submission's detections of ``c`` are taken
-  by decreasing confidence (ties keep file order) and each is matched to the
-  true cell of class ``c`` with the highest IoU among those not matched yet; it
-  is a true positive when that IoU is >= 0.6, else a false positive. (True
-  cells do not overlap, so this equals the evaluator's "best overlapping cell,
-  false positive if already taken".)
-* **Default mode** (as the organisers' evaluator): detections of a class that
-  is not among the image's true labels (the union of its cells' labels) are
-  ignored. **Strict mode**: they count as false positives.
-* Over all images, detections are sorted by confidence (stable), precision and
-  recall (over the number of true cells of ``c``) are accumulated, precision is
-  made non-increasing from the right and AP = sum over recall steps of
-  ``delta recall x precision`` (Open Images / PASCAL VOC 2010+ AP).
-* mAP = mean AP over classes that have at least one true cell.
+* Truth is one entry per (cell, label); an image's labels are the union of its
+  cells' labels. Submitted images without truth are ignored; a truth image
+  without detections misses all its cells.
+* A detection whose mask is empty is dropped (its box is invalid), in both modes.
+* **IoU** (``match``): ``"mask"`` compares the masks (Kaggle described its
+  leaderboard metric as the Open Images *instance-segmentation* evaluation);
+  ``"box"`` compares each mask's enclosing box ``[ymin, xmin, ymax + 1, xmax + 1]``
+  divided by the image height/width (the organisers' published re-scoring runs
+  the evaluator with instance masks off). Truth boxes come from the truth masks
+  the same way.
+* Per image and class ``c``: the detections of ``c`` by decreasing confidence;
+  each takes the true cell of ``c`` with the highest IoU among **all** true
+  cells of ``c`` (ties: the first listed). IoU >= 0.6 and that cell not taken
+  yet: true positive; already taken: false positive (no fallback to the
+  next-best cell); IoU < 0.6: false positive.
+* A detection of a class that is not among the image's labels is dropped before
+  matching (``mAP``); ``mAP_strict`` counts it as a false positive instead.
+* Per class over all images: detections by confidence, precision and recall
+  (over the number of true cells of ``c``), precision made non-increasing from
+  the right, AP = sum over recall steps of ``delta recall x precision`` (VOC
+  style). mAP = mean AP over classes with at least one true cell.
+* **Ties** in confidence keep the submission's file order (rows, then triples),
+  within an image and over all images. The organisers' code orders ties however
+  numpy's (unstable) sort leaves them, which differs between numpy versions.
+
+Every row is checked before scoring (sizes, classes, confidences, masks: see
+:func:`~hpacell.classifier.scoring.submission.check_prediction`); each distinct
+mask string is decoded once and mask IoUs are computed only for pairs whose
+boxes overlap.
 
 Ground truth comes from a folder ``TRUTH/masks/<ID>_cellmask.png`` +
 ``TRUTH/cells.csv`` (``ID,cell,Label``, labels ``|``-separated) or from a CSV of
@@ -40,10 +55,15 @@ from tqdm.auto import tqdm
 
 from hpacell.cellcrops.labels import HPA2021, Taxonomy, format_labels, parse_label_string
 from hpacell.classifier.metrics import f1_report
-from hpacell.classifier.scoring.rle import decode_counts, encode_mask_cells
-from hpacell.classifier.scoring.submission import ImagePrediction, SubmissionError, read_submission
+from hpacell.classifier.scoring.rle import MaskInfo, encode_mask_cells, mask_info
+from hpacell.classifier.scoring.submission import (
+    ImagePrediction,
+    SubmissionError,
+    check_prediction,
+    read_submission,
+)
 from hpacell.segmentation.io import CELLMASK_SUFFIX, read_mask
-from hpacell.utils.errors import HpacellError
+from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -66,6 +86,7 @@ class TruthImage:
     cells: list[int] = field(default_factory=list)
     labels: list[list[int]] = field(default_factory=list)
     masks: list[str] = field(default_factory=list)
+    checked: list[MaskInfo] | None = None  # each mask checked and decoded (see truth_infos)
 
     @property
     def image_labels(self) -> set[int]:
@@ -117,26 +138,46 @@ def read_truth_folder(folder: str | os.PathLike, taxonomy: Taxonomy = HPA2021) -
 
 
 def read_truth_csv(path: str | os.PathLike, taxonomy: Taxonomy = HPA2021) -> list[TruthImage]:
-    """Ground truth from a CSV ``ID,ImageWidth,ImageHeight,cell,Label,mask``."""
+    """Ground truth from a CSV ``ID,ImageWidth,ImageHeight,cell,Label,mask``.
+
+    Every row is checked (size, unique ``ID``+``cell``, labels, mask valid and
+    covering ``ImageWidth x ImageHeight`` pixels); errors name the row.
+    """
     path = Path(path)
     if not path.is_file():
         raise TruthError(f"{path}: truth file not found")
-    table = pd.read_csv(path, dtype={"ID": str, "Label": str, "mask": str}, keep_default_na=False)
+    table = pd.read_csv(
+        path, dtype={"ID": str, "Label": str, "mask": str}, keep_default_na=False, encoding="utf-8-sig"
+    )
     missing = set(TRUTH_CSV_HEADER) - set(table.columns)
     if missing:
         raise TruthError(
             f"{path}: missing column(s) {sorted(missing)}; expected {','.join(TRUTH_CSV_HEADER)}"
         )
+    try:
+        sizes = table[["ImageWidth", "ImageHeight", "cell"]].astype(np.int64)
+    except (ValueError, TypeError):
+        raise TruthError(f"{path}: ImageWidth, ImageHeight and cell must be integers") from None
+    table[["ImageWidth", "ImageHeight", "cell"]] = sizes
+    dup = table.duplicated(["ID", "cell"])
+    if dup.any():
+        r = int(np.flatnonzero(dup)[0])
+        image_id, cell = table["ID"].iloc[r], table["cell"].iloc[r]
+        raise TruthError(f"{path}: row {r + 1}: image {image_id} cell {cell} appears twice")
+    table["row"] = np.arange(1, len(table) + 1)
     out = []
     for image_id, rows in table.groupby("ID", sort=True):
-        sizes = rows[["ImageWidth", "ImageHeight"]].drop_duplicates()
-        if len(sizes) != 1:
+        dims = rows[["ImageWidth", "ImageHeight"]].drop_duplicates()
+        if len(dims) != 1:
             raise TruthError(f"{path}: image {image_id} has several sizes")
-        img = TruthImage(str(image_id), int(sizes.iloc[0, 0]), int(sizes.iloc[0, 1]))
-        for cell, label, m in zip(rows["cell"], rows["Label"], rows["mask"], strict=True):
-            where = f"{path}: image {image_id} cell {cell}"
+        width, height = int(dims.iloc[0, 0]), int(dims.iloc[0, 1])
+        if width <= 0 or height <= 0:
+            raise TruthError(f"{path}: image {image_id}: bad size {width} x {height}")
+        img = TruthImage(str(image_id), width, height, checked=[])
+        for row, cell, label, m in zip(rows["row"], rows["cell"], rows["Label"], rows["mask"], strict=True):
+            where = f"{path}: row {row} (image {image_id} cell {cell})"
             try:
-                decode_counts(m)
+                img.checked.append(mask_info(m, height, width))
             except ValueError as e:
                 raise TruthError(f"{where}: {e}") from None
             img.cells.append(int(cell))
@@ -199,7 +240,97 @@ def average_precision(
     return float(np.sum((r[step] - r[step - 1]) * p[step])), precision, recall
 
 
+# --------------------------------------------------------------------------- IoU
+def normalized_boxes(infos: list[MaskInfo], height: int, width: int) -> np.ndarray:
+    """``(N, 4)`` float64 boxes ``[ymin, xmin, ymax + 1, xmax + 1] / (H, W, H, W)``; zeros for empty masks."""
+    out = np.zeros((len(infos), 4))
+    for k, info in enumerate(infos):
+        if info.box is not None:
+            out[k] = info.box
+    return out / np.array([height, width, height, width], np.float64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), boxes ``[ymin, xmin, ymax, xmax]``.
+
+    Examples
+    --------
+    >>> box_iou(np.array([[0.0, 0, 1, 1]]), np.array([[0.0, 0.5, 1, 1.5], [2, 2, 3, 3]])).round(4).tolist()
+    [[0.3333, 0.0]]
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    h = np.maximum(0.0, np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]))
+    w = np.maximum(0.0, np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]))
+    inter = h * w
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def iou_matrix(det: list[MaskInfo], true: list[MaskInfo], height: int, width: int, match: str) -> np.ndarray:
+    """IoU of each detected mask with each true mask: of masks (``mask``) or enclosing boxes (``box``).
+
+    Mask IoUs (pycocotools on the compressed RLEs) are computed only for pairs
+    whose boxes overlap; other pairs are 0. Empty masks have IoU 0 with everything.
+    """
+    out = np.zeros((len(det), len(true)))
+    if not det or not true:
+        return out
+    bd, bt = normalized_boxes(det, height, width), normalized_boxes(true, height, width)
+    if match == "box":
+        return box_iou(bd, bt)
+    overlap = (
+        (bd[:, None, 0] < bt[None, :, 2])
+        & (bt[None, :, 0] < bd[:, None, 2])
+        & (bd[:, None, 1] < bt[None, :, 3])
+        & (bt[None, :, 1] < bd[:, None, 3])
+    )
+    rows, cols = np.flatnonzero(overlap.any(1)), np.flatnonzero(overlap.any(0))
+    if rows.size:
+        size = [height, width]
+        iou = coco_mask.iou(
+            [{"size": size, "counts": det[k].counts} for k in rows],
+            [{"size": size, "counts": true[k].counts} for k in cols],
+            [0] * cols.size,
+        )
+        out[np.ix_(rows, cols)] = np.asarray(iou, np.float64).reshape(rows.size, cols.size)
+        out[~overlap] = 0.0
+    return out
+
+
+def truth_infos(t: TruthImage) -> list[MaskInfo]:
+    """Each true cell's checked mask (computed once and kept on ``t``).
+
+    Raises
+    ------
+    TruthError
+        If a mask is invalid or covers a different number of pixels than the image.
+    """
+    if t.checked is None or len(t.checked) != len(t.masks):
+        checked = []
+        for cell, m in zip(t.cells, t.masks, strict=True):
+            try:
+                checked.append(mask_info(m, t.height, t.width))
+            except ValueError as e:
+                raise TruthError(f"truth image {t.image_id} cell {cell}: {e}") from None
+        t.checked = checked
+    return t.checked
+
+
 # --------------------------------------------------------------------------- evaluation
+MATCH_MODES = ("mask", "box")
+MATCH_SOURCES = {
+    "mask": "mask IoU: Kaggle's stated leaderboard metric (Open Images instance-segmentation evaluation)",
+    "box": (
+        "IoU of each mask's enclosing box: the organisers' published re-scoring "
+        "(HPA_SingleCellClassification_Analysis, Open Images evaluator with instance masks off)"
+    ),
+}
+"""Which body uses each ``match`` mode."""
+
+
 @dataclass
 class Evaluation:
     """All figures of one evaluation (see :meth:`summary` for the JSON form)."""
@@ -220,6 +351,8 @@ class Evaluation:
     curves: dict[int, tuple[np.ndarray, np.ndarray]]  # default mode precision/recall per class
     n_images: int
     threshold: float
+    match: str = "mask"
+    n_empty: int = 0  # detections dropped for an empty mask
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -231,8 +364,11 @@ class Evaluation:
         return {
             "mAP": f(self.map),
             "mAP_strict": f(self.map_strict),
+            "match": self.match,
+            "match_used_by": MATCH_SOURCES[self.match],
             "iou_threshold": IOU_THRESHOLD,
             "n_images": self.n_images,
+            "n_empty_masks_dropped": self.n_empty,
             "image_label_threshold": self.threshold,
             "macro_f1": self.macro_f1,
             "sample_f1": self.sample_f1,
@@ -278,12 +414,33 @@ class Evaluation:
             f"images={self.n_images} macro_F1={self.macro_f1:.4f} sample_F1={self.sample_f1:.4f} "
             f"(image labels at confidence >= {self.threshold})"
         )
+        lines.append(f"match={self.match} ({MATCH_SOURCES[self.match]})")
         lines.append(f"mAP_strict={self.map_strict:.6f}")
         return "\n".join(lines)
 
 
-def _rles(masks: list[str], height: int, width: int) -> list[dict]:
-    return [{"size": [height, width], "counts": decode_counts(m)} for m in masks]
+def _match_image(
+    cls: np.ndarray,
+    conf: np.ndarray,
+    det_mask: np.ndarray,
+    iou: np.ndarray,
+    cells_of: dict[int, np.ndarray],
+    iou_threshold: float,
+) -> np.ndarray:
+    """True-positive flag of each kept detection of one image (see the module docstring)."""
+    tp = np.zeros(cls.size, bool)
+    for c, cells in cells_of.items():
+        sel = np.flatnonzero(cls == c)
+        if not sel.size:
+            continue
+        sel = sel[np.argsort(-conf[sel], kind="stable")]  # ties: file order
+        sub = iou[det_mask[sel]][:, cells]
+        best = np.argmax(sub, axis=1)  # among all true cells of c (ties: the first listed)
+        ok = np.flatnonzero(sub[np.arange(sel.size), best] >= iou_threshold)
+        # a cell is taken by the first (highest ranked) detection that hits it; later ones are false positives
+        _, first = np.unique(best[ok], return_index=True)
+        tp[sel[ok[first]]] = True
+    return tp
 
 
 def evaluate(
@@ -292,6 +449,7 @@ def evaluate(
     classes: list[str] | tuple[str, ...] = HPA2021.classes,
     threshold: float = 0.5,
     iou_threshold: float = IOU_THRESHOLD,
+    match: str = "mask",
 ) -> Evaluation:
     """Score ``submission`` against ``truth`` (see the module docstring for the rules).
 
@@ -300,75 +458,68 @@ def evaluate(
 
     Raises
     ------
-    ValueError
-        If a submitted image's size differs from its truth's or a class id is out of range.
+    SubmissionError
+        If a submitted image's size differs from its truth's, a class is out of
+        range, a confidence is not in [0, 1] or a mask string is invalid.
     """
+    if match not in MATCH_MODES:
+        raise InputError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
     C = len(classes)
-    sub = {s.image_id: s for s in submission}
+    pos = {s.image_id: k for k, s in enumerate(submission)}
     notes: list[str] = []
-    extra = sorted(set(sub) - {t.image_id for t in truth})
+    extra = sorted(set(pos) - {t.image_id for t in truth})
     if extra:
         notes.append(f"{len(extra)} submitted image(s) without ground truth ignored")
-    absent = [t.image_id for t in truth if t.image_id not in sub]
+    absent = [t.image_id for t in truth if t.image_id not in pos]
     if absent:
         notes.append(f"{len(absent)} truth image(s) missing from the submission (all their cells missed)")
+    # Check every scored row before any scoring.
+    for t in truth:
+        s = submission[pos[t.image_id]] if t.image_id in pos else None
+        if s is None:
+            continue
+        if (s.width, s.height) != (t.width, t.height):
+            where = f"{s.where}: image {t.image_id!r}" if s.where else f"image {t.image_id!r}"
+            raise SubmissionError(
+                f"{where}: submitted size {s.width}x{s.height} != truth {t.width}x{t.height}"
+            )
+        check_prediction(s, C)
+        truth_infos(t)
 
-    scores: list[list[float]] = [[] for _ in range(C)]
-    hits: list[list[bool]] = [[] for _ in range(C)]
-    outside: list[list[bool]] = [[] for _ in range(C)]  # class not among the image's true labels
     n_true = np.zeros(C, np.int64)
     n_det = np.zeros(C, np.int64)
+    n_empty = 0
     confusion = np.zeros((C, C + 1), np.int64)
     y_true = np.zeros((len(truth), C), np.uint8)
     y_pred = np.zeros((len(truth), C), np.uint8)
+    scored: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # pos, cls, conf, tp, out
 
-    for i, t in enumerate(tqdm(truth, desc="evaluate", disable=None)):
+    for i, t in enumerate(tqdm(truth, desc=f"evaluate ({match})", disable=None)):
         labels = [np.asarray(lab, np.int64) for lab in t.labels]
         for lab in labels:
             n_true[lab] += 1
         image_labels = t.image_labels
         y_true[i, sorted(image_labels)] = 1
-        s = sub.get(t.image_id)
+        s = submission[pos[t.image_id]] if t.image_id in pos else None
         if s is None or not len(s):
             for lab in labels:
                 confusion[lab, C] += 1
             continue
-        if (s.width, s.height) != (t.width, t.height):
-            raise SubmissionError(
-                f"image {t.image_id}: submitted size {s.width}x{s.height} != truth {t.width}x{t.height}"
-            )
         cls = np.asarray(s.classes, np.int64)
         conf = np.asarray(s.confidences, np.float64)
-        if cls.min() < 0 or cls.max() >= C:
-            raise SubmissionError(f"image {t.image_id}: class id out of range 0..{C - 1}")
+        y_pred[i, np.unique(cls[conf >= threshold])] = 1
         uniq: dict[str, int] = {}
         det_mask = np.array([uniq.setdefault(m, len(uniq)) for m in s.masks], np.int64)
-        if t.masks:
-            iou = coco_mask.iou(
-                _rles(list(uniq), t.height, t.width), _rles(t.masks, t.height, t.width), [0] * len(t.masks)
-            )
-            iou = np.asarray(iou, np.float64).reshape(len(uniq), len(t.masks))
-        else:
-            iou = np.zeros((len(uniq), 0))
-        y_pred[i, np.unique(cls[conf >= threshold])] = 1
-        for c in np.unique(cls):
-            sel = np.flatnonzero(cls == c)
-            sel = sel[np.argsort(-conf[sel], kind="stable")]
-            true_cells = np.flatnonzero([c in set(lab.tolist()) for lab in labels])
-            free = np.ones(true_cells.size, bool)
-            is_out = c not in image_labels
-            n_det[c] += sel.size
-            for d in sel:
-                ok = False
-                if true_cells.size:
-                    ious = np.where(free, iou[det_mask[d], true_cells], -1.0)
-                    j = int(np.argmax(ious))
-                    if ious[j] >= iou_threshold:
-                        free[j] = False
-                        ok = True
-                scores[c].append(conf[d])
-                hits[c].append(ok)
-                outside[c].append(is_out)
+        infos = [s.checked[m] for m in uniq]
+        keep = np.array([info.area > 0 for info in infos])[det_mask]  # empty masks: dropped
+        n_empty += int((~keep).sum())
+        cls, conf, det_mask = cls[keep], conf[keep], det_mask[keep]
+        np.add.at(n_det, cls, 1)
+        iou = iou_matrix(infos, truth_infos(t), t.height, t.width, match)
+        cells_of = {c: np.flatnonzero([c in lab for lab in t.labels]) for c in sorted(image_labels)}
+        tp = _match_image(cls, conf, det_mask, iou, cells_of, iou_threshold)
+        outside = ~np.isin(cls, sorted(image_labels))
+        scored.append((pos[t.image_id], cls, conf, tp, outside))
         # Confusion: each true cell's best-overlapping detected mask and that mask's top class.
         top_class = np.full(len(uniq), -1, np.int64)
         top_conf = np.full(len(uniq), -np.inf)
@@ -378,15 +529,23 @@ def evaluate(
         for g, lab in enumerate(labels):
             if not lab.size:
                 continue
-            best = int(np.argmax(iou[:, g])) if len(uniq) else -1
-            target = top_class[best] if best >= 0 and iou[best, g] >= iou_threshold else C
+            col = np.where(top_class >= 0, iou[:, g], -1.0)
+            best = int(np.argmax(col)) if col.size else -1
+            target = top_class[best] if best >= 0 and col[best] >= iou_threshold else C
             confusion[lab, target] += 1
 
+    # Over all images: detections in submission file order (rows, then triples), so that the
+    # stable sort in average_precision breaks confidence ties by file order.
+    scored.sort(key=lambda r: r[0])
+    cat = [np.concatenate([r[k] for r in scored]) if scored else np.zeros(0) for k in range(1, 5)]
+    all_cls, all_conf = cat[0].astype(np.int64), cat[1].astype(np.float64)
+    all_tp, all_out = cat[2].astype(bool), cat[3].astype(bool)
     ap = np.full(C, np.nan)
     ap_strict = np.full(C, np.nan)
     curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for c in range(C):
-        sc, h, o = np.asarray(scores[c]), np.asarray(hits[c], bool), np.asarray(outside[c], bool)
+        sel = all_cls == c
+        sc, h, o = all_conf[sel], all_tp[sel], all_out[sel]
         ap_strict[c], _, _ = average_precision(sc, h, int(n_true[c]))
         ap[c], p, r = average_precision(sc[~o], h[~o], int(n_true[c]))
         if n_true[c]:
@@ -394,6 +553,8 @@ def evaluate(
     with np.errstate(all="ignore"):
         m = float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
         ms = float(np.nanmean(ap_strict)) if np.isfinite(ap_strict).any() else float("nan")
+    if n_empty:
+        notes.append(f"{n_empty} detection(s) with an empty mask dropped")
     f1 = f1_report(y_true, y_pred)
     return Evaluation(
         classes=list(classes),
@@ -410,6 +571,8 @@ def evaluate(
         curves=curves,
         n_images=len(truth),
         threshold=threshold,
+        match=match,
+        n_empty=n_empty,
         notes=notes,
     )
 
@@ -419,8 +582,8 @@ def evaluate_files(
     truth_path: str | os.PathLike,
     taxonomy: Taxonomy = HPA2021,
     threshold: float = 0.5,
+    match: str = "mask",
 ) -> Evaluation:
     """:func:`evaluate` of a submission file against a truth folder or CSV."""
-    return evaluate(
-        read_submission(submission_path), read_truth(truth_path, taxonomy), taxonomy.classes, threshold
-    )
+    sub = read_submission(submission_path, n_classes=len(taxonomy.classes))
+    return evaluate(sub, read_truth(truth_path, taxonomy), taxonomy.classes, threshold, match=match)

@@ -9,19 +9,28 @@ Format (as ``sample_submission.csv`` of the competition)::
 binary mask of one cell (:mod:`hpacell.classifier.scoring.rle`). A cell appears once per class
 it is scored for, with the same mask string. An image without cells has an
 empty ``PredictionString``; every image of the ID list has a row.
+
+:func:`read_submission` checks every row before anything is scored: sizes,
+classes, confidences (finite, in [0, 1]) and every distinct mask string (valid
+base64/zlib/RLE covering exactly ``ImageWidth x ImageHeight`` pixels, see
+:func:`~hpacell.classifier.scoring.rle.mask_info`), each decoded once. Rows may
+be of any length (no CSV field limit); a UTF-8 BOM and blank lines are accepted.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from hpacell.classifier.scoring.rle import MaskInfo, mask_info
 from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.files import atomic_write_bytes
 
@@ -42,6 +51,10 @@ class ImagePrediction:
     classes: list[int] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
     masks: list[str] = field(default_factory=list)
+    where: str = ""
+    """Where the row came from (``path:line``) for error messages; empty for one built in memory."""
+    checked: dict[str, MaskInfo] | None = None
+    """Each distinct mask string, checked and decoded (filled by :func:`check_prediction`)."""
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -145,6 +158,8 @@ def read_ids(path: str | os.PathLike) -> tuple[list[str], dict[str, tuple[int, i
 def parse_prediction_string(text: str) -> tuple[list[int], list[float], list[str]]:
     """Split a ``PredictionString`` into classes, confidences and mask strings.
 
+    Equal mask strings come back as one shared object (a cell repeats its mask for every class).
+
     Raises
     ------
     ValueError
@@ -159,54 +174,122 @@ def parse_prediction_string(text: str) -> tuple[list[int], list[float], list[str
     if len(tokens) % 3:
         raise ValueError(f"{len(tokens)} tokens, not a run of 'class confidence mask' triples")
     classes, confs, masks = [], [], []
+    shared: dict[str, str] = {}
     for i in range(0, len(tokens), 3):
         try:
             classes.append(int(tokens[i]))
             confs.append(float(tokens[i + 1]))
         except ValueError:
             raise ValueError(f"triple {i // 3}: bad class or confidence {tokens[i : i + 2]}") from None
-        masks.append(tokens[i + 2])
+        m = tokens[i + 2]
+        masks.append(shared.setdefault(m, m))
     return classes, confs, masks
 
 
-def read_submission(path: str | os.PathLike, parse_predictions: bool = True) -> list[ImagePrediction]:
-    """Parse a submission CSV into one :class:`ImagePrediction` per row (file order).
+def check_prediction(pred: ImagePrediction, n_classes: int | None = None) -> dict[str, MaskInfo]:
+    """Check one image's triples; returns (and stores in ``pred.checked``) each distinct mask's info.
 
     Raises
     ------
     SubmissionError
-        For a wrong header, a repeated ID, a bad size or a malformed prediction string.
+        Naming the row (``pred.where``), the image and the triple: a class that
+        is not an integer in ``0..n_classes-1``, a confidence that is not a
+        finite number in [0, 1], or a mask string that is not valid or does
+        not cover ``width x height`` pixels.
+    """
+    where = f"{pred.where}: image {pred.image_id!r}" if pred.where else f"image {pred.image_id!r}"
+    if not (len(pred.classes) == len(pred.confidences) == len(pred.masks)):
+        raise SubmissionError(f"{where}: classes, confidences and masks differ in length")
+    for k, (c, p) in enumerate(zip(pred.classes, pred.confidences, strict=True)):
+        if not (0 <= c and (n_classes is None or c < n_classes)) or c != int(c):
+            top = "" if n_classes is None else f"..{n_classes - 1}"
+            raise SubmissionError(f"{where}: triple {k}: class {c} out of range 0{top}")
+        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            raise SubmissionError(f"{where}: triple {k}: confidence {p} is not a finite number in [0, 1]")
+    if pred.checked is None:
+        checked: dict[str, MaskInfo] = {}
+        for k, m in enumerate(pred.masks):
+            if m in checked:
+                continue
+            try:
+                checked[m] = mask_info(m, pred.height, pred.width)
+            except ValueError as e:
+                raise SubmissionError(f"{where}: triple {k}: {e}") from None
+        pred.checked = checked
+    return pred.checked
+
+
+@contextmanager
+def _no_field_limit() -> Iterator[None]:
+    """Let :mod:`csv` read rows of any length (a 2048 px image's row is hundreds of KB)."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # the largest value every platform's C long takes
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def read_submission(
+    path: str | os.PathLike, parse_predictions: bool = True, n_classes: int | None = None
+) -> list[ImagePrediction]:
+    """Parse and check a submission CSV: one :class:`ImagePrediction` per row (file order).
+
+    Parameters
+    ----------
+    path : path
+    parse_predictions : bool
+        False reads only IDs and sizes (e.g. a sample submission).
+    n_classes : int, optional
+        Classes must be ``< n_classes`` (default: only checked to be >= 0).
+
+    Raises
+    ------
+    SubmissionError
+        For a wrong header, a repeated ID, a bad size or a bad triple (see
+        :func:`check_prediction`); the message names ``path:line``.
     """
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: submission file not found")
     out: list[ImagePrediction] = []
     seen: set[str] = set()
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f, _no_field_limit():
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != HEADER:
-            raise SubmissionError(f"{path}: header must be {','.join(HEADER)}, got {header}")
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 4:
-                raise SubmissionError(f"{path}:{lineno}: expected 4 fields, got {len(row)}")
-            image_id, w, h, text = row
-            if image_id in seen:
-                raise SubmissionError(f"{path}:{lineno}: image {image_id!r} appears twice")
-            seen.add(image_id)
-            try:
-                width, height = int(w), int(h)
-            except ValueError:
-                raise SubmissionError(f"{path}:{lineno}: bad image size {w!r} x {h!r}") from None
-            if width <= 0 or height <= 0:
-                raise SubmissionError(f"{path}:{lineno}: bad image size {width} x {height}")
-            pred = ImagePrediction(image_id, width, height)
-            if parse_predictions:
-                try:
-                    pred.classes, pred.confidences, pred.masks = parse_prediction_string(text)
-                except ValueError as e:
-                    raise SubmissionError(f"{path}:{lineno}: {e}") from None
-            out.append(pred)
+        try:
+            header = next(reader, None)
+            if header is None or tuple(h.strip() for h in header) != HEADER:
+                raise SubmissionError(f"{path}: header must be {','.join(HEADER)}, got {header}")
+            for row in reader:
+                lineno = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                out.append(_parse_row(row, f"{path}:{lineno}", seen, parse_predictions, n_classes))
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise SubmissionError(f"{path}:{reader.line_num}: not a readable CSV row ({e})") from None
     return out
+
+
+def _parse_row(
+    row: list[str], where: str, seen: set[str], parse_predictions: bool, n_classes: int | None
+) -> ImagePrediction:
+    if len(row) != 4:
+        raise SubmissionError(f"{where}: expected 4 fields, got {len(row)}")
+    image_id, w, h, text = row
+    if image_id in seen:
+        raise SubmissionError(f"{where}: image {image_id!r} appears twice")
+    seen.add(image_id)
+    try:
+        width, height = int(w), int(h)
+    except ValueError:
+        raise SubmissionError(f"{where}: bad image size {w!r} x {h!r}") from None
+    if width <= 0 or height <= 0:
+        raise SubmissionError(f"{where}: bad image size {width} x {height}")
+    pred = ImagePrediction(image_id, width, height, where=where)
+    if parse_predictions:
+        try:
+            pred.classes, pred.confidences, pred.masks = parse_prediction_string(text)
+        except ValueError as e:
+            raise SubmissionError(f"{where}: image {image_id!r}: {e}") from None
+        check_prediction(pred, n_classes)
+    return pred

@@ -3,8 +3,10 @@
 TRUTH is a folder with masks/<ID>_cellmask.png + cells.csv (ID,cell,Label), as `hpacell synth` writes,
 or a CSV ID,ImageWidth,ImageHeight,cell,Label,mask (mask = base64(zlib(COCO RLE)) as in the submission).
 mAP is the organisers' (Open Images) rule: detections of a class that is not among the image's true labels
-are ignored; mAP_strict counts them as false positives. Prints a per-class table, the confusion per label
-and, as the last line, mAP=<value>.
+are ignored; mAP_strict counts them as false positives. --match mask (default) compares masks, Kaggle's
+stated leaderboard metric; --match box compares each mask's enclosing box, the organisers' published
+re-scoring. Every row is checked first (a bad one: one-line error naming it, exit 1). Prints a per-class
+table, the confusion per label, the mode and, as the last line, mAP=<value>.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 from pathlib import Path
 
 import typer
+
+from hpacell.workflows.options import Match, MatchMode
 
 
 def command(
@@ -30,6 +34,7 @@ def command(
     json_path: Path = typer.Option(None, "--json", help="Write every figure as JSON here."),
     report: Path = typer.Option(None, "--report", help="Write PR curves and per-class AP bars (PNG) here."),
     taxonomy: str = typer.Option("hpa2021", "--taxonomy", help="Class set of the truth labels."),
+    match: Match = MatchMode.mask,
 ) -> None:
     from hpacell.cellcrops.labels import get_taxonomy
     from hpacell.classifier.scoring.evaluate import evaluate, read_truth
@@ -37,7 +42,8 @@ def command(
     from hpacell.utils.files import atomic_write_bytes
 
     tax = get_taxonomy(taxonomy)
-    result = evaluate(read_submission(submission), read_truth(truth, tax), tax.classes, threshold)
+    sub = read_submission(submission, n_classes=len(tax.classes))
+    result = evaluate(sub, read_truth(truth, tax), tax.classes, threshold, match=MatchMode(match).value)
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if json_path is not None:
