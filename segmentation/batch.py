@@ -76,10 +76,10 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         For a CSV without an ID column (the message names the file).
     """
     path = Path(path)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first ID
     first = next((line for line in text.splitlines() if line.strip()), "")
     if path.suffix.lower() == ".csv" or "," in first:
-        table = pd.read_csv(path, dtype=str)
+        table = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
         col = next((c for c in ("ID", "Id", "id") if c in table.columns), None)
         if col is None:
             raise InputError(f"{path}: CSV has no ID/Id column (columns: {list(table.columns)})")
