@@ -19,7 +19,6 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from hpacell.utils.errors import InputError
-from hpacell.utils.outputs import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +39,6 @@ def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
             raise ValueError(f"class id out of range 0..{n_classes - 1}")
         out[np.repeat(np.arange(len(labels)), lengths), ids] = 1
     return out
-
-
-def recorded_source(cells_dir: str | os.PathLike, key: str) -> Path | None:
-    """The input folder ``meta.json["sources"][key]`` of a cell dataset (e.g. ``"masks"``), resolved.
-
-    Paths are recorded relative to ``meta.json`` (hpacell >= issue 13) and resolved
-    from it, whatever the working directory. A path recorded relative to the
-    working directory by an older version is used as is when that resolves and
-    the other does not. ``None`` when nothing is recorded.
-    """
-    meta = Path(cells_dir) / "meta.json"
-    if not meta.is_file():
-        return None
-    sources = json.loads(meta.read_text()).get("sources") or {}
-    value = sources.get(key) if isinstance(sources, dict) else None
-    if not value or not isinstance(value, str):
-        return None
-    path = resolve_path(value, meta.parent)
-    if not path.exists() and Path(value).exists():  # an older meta.json, relative to its crop's cwd
-        return Path(value)
-    return path
 
 
 class CellDataset(Dataset):

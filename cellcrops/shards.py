@@ -57,6 +57,7 @@ from hpacell.utils.outputs import (
     fingerprint,
     read_stamp,
     record_path,
+    resolve_path,
     write_stamp,
 )
 
@@ -258,6 +259,27 @@ def _empty_table() -> pd.DataFrame:
     for c in FEATURE_COLUMNS:
         df[c] = pd.Series(dtype=np.float32)
     return df
+
+
+def recorded_source(cells_dir: str | os.PathLike, key: str) -> Path | None:
+    """The input folder ``meta.json["sources"][key]`` of a cell dataset (e.g. ``"masks"``), resolved.
+
+    Paths are recorded relative to ``meta.json`` (hpacell >= issue 13) and resolved
+    from it, whatever the working directory. A path recorded relative to the
+    working directory by an older version is used as is when that resolves and
+    the other does not. ``None`` when nothing is recorded.
+    """
+    meta = Path(cells_dir) / "meta.json"
+    if not meta.is_file():
+        return None
+    sources = json.loads(meta.read_text()).get("sources") or {}
+    value = sources.get(key) if isinstance(sources, dict) else None
+    if not value or not isinstance(value, str):
+        return None
+    path = resolve_path(value, meta.parent)
+    if not path.exists() and Path(value).exists():  # an older meta.json, relative to its crop's cwd
+        return Path(value)
+    return path
 
 
 # --------------------------------------------------------------------------- resume

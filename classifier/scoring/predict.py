@@ -396,14 +396,14 @@ def masks_from_meta(cells_dir: str | os.PathLike | None) -> Path | None:
     """The masks folder a cell dataset was cropped from, if its ``meta.json`` records one.
 
     Recorded paths are relative to ``meta.json`` (see
-    :func:`hpacell.cellcrops.dataset.recorded_source`).
+    :func:`hpacell.cellcrops.shards.recorded_source`).
 
     Raises
     ------
     InputError
         ``meta.json`` records a masks folder that does not exist (moved or deleted).
     """
-    from hpacell.cellcrops.dataset import recorded_source
+    from hpacell.cellcrops.shards import recorded_source
 
     if cells_dir is None:
         return None

@@ -350,7 +350,7 @@ def test_bad_mask_error_names_the_file(tmp_path):
 
 def test_meta_paths_are_relative_to_meta_json(tmp_path, monkeypatch):
     """Case 13: sources are recorded relative to meta.json and resolve from any working directory."""
-    from hpacell.cellcrops.dataset import recorded_source
+    from hpacell.cellcrops.shards import recorded_source
 
     images, masks = _one_image(tmp_path / "data")
     monkeypatch.chdir(tmp_path / "data")
@@ -370,3 +370,17 @@ def test_crop_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="not made by 'hpacell crop'"):
         build_cell_dataset(images, masks, tmp_path / "mine", options=CropOptions(size=16))
+
+
+def test_predict_finds_masks_from_any_directory_and_refuses_moved_masks(tmp_path, monkeypatch):
+    """Case 13 as predict sees it: masks_from_meta resolves from meta.json; moved masks are an error."""
+    from hpacell.classifier.scoring.predict import masks_from_meta
+
+    images, masks = _one_image(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "data")
+    build_cell_dataset("images", "masks", "cells", options=CropOptions(size=16))
+    monkeypatch.chdir(tmp_path)
+    assert masks_from_meta(tmp_path / "data" / "cells") == masks
+    masks.rename(tmp_path / "data" / "masks-moved")
+    with pytest.raises(ValueError, match="records the masks folder .*masks, which does not exist"):
+        masks_from_meta(tmp_path / "data" / "cells")

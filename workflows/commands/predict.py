@@ -119,7 +119,7 @@ def command(
     if report:
         import pandas as pd
 
-        from hpacell.cellcrops.dataset import recorded_source
+        from hpacell.cellcrops.shards import recorded_source
         from hpacell.classifier.scoring.predict import CELL_SCORES, masks_from_meta
 
         meta = json.loads((cells / "meta.json").read_text())
