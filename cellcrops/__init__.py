@@ -10,6 +10,7 @@ from hpacell.utils.lazy import lazy_exports
 _EXPORTS = {
     "CellDataset": ".dataset",
     "multi_hot": ".dataset",
+    "recorded_source": ".shards",
     "CropOptions": ".shards",
     "build_cell_dataset": ".shards",
     "merge_cell_datasets": ".merge",

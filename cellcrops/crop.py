@@ -344,10 +344,13 @@ def crop_cells(
         crop_side, image_width, image_height, area, nucleus_area,
         touches_border`` and the ``feat_*`` columns.
 
+    A mask without cells, or whose cells are all dropped, gives ``(0, 4, size,
+    size)`` crops and an empty table with the same columns.
+
     Raises
     ------
     ValueError
-        If the shapes disagree or the mask holds no cell.
+        If the shapes disagree.
     """
     if image.ndim != 3 or image.shape[0] != 4:
         raise ValueError(f"image must be (4, H, W), got shape {image.shape}")
@@ -358,7 +361,7 @@ def crop_cells(
         raise ValueError(f"nuclei mask size {nucleimask.shape[::-1]} != image size {(w, h)} (width, height)")
     ids, boxes = cell_boxes(cellmask)
     if ids.size == 0:
-        raise ValueError("empty mask: no cells")
+        return _no_cells(size)
     image = to_uint8(image)  # one bit-depth decision for the whole image
     touches = (boxes[:, 0] == 0) | (boxes[:, 1] == 0) | (boxes[:, 2] == w) | (boxes[:, 3] == h)
     squares = square_boxes(boxes, margin)
@@ -410,6 +413,8 @@ def crop_cells(
         if nuc_small is not None:
             nuc_small = nuc_small[keep]
     n = cand.size
+    if n == 0:  # every cell dropped by drop_border_cells / min_area
+        return _no_cells(size)
     ids, boxes, squares, touches = ids[cand], boxes[cand], squares[cand], touches[cand]
     means = sums / np.maximum(area, 1)[:, None]
     scale = squares[:, 2] / fs  # image pixels per feature pixel (along one axis)
@@ -441,3 +446,11 @@ def crop_cells(
     for k, v in feats.items():
         columns[f"feat_{k}"] = v.astype(np.float32)
     return crops, pd.DataFrame(columns)
+
+
+def _no_cells(size: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """The result of an image without (kept) cells: no crops, a table with every column and dtype."""
+    columns: dict[str, pd.Series] = {c: pd.Series(dtype=np.int64) for c in GEOMETRY_COLUMNS}
+    columns["touches_border"] = pd.Series(dtype=bool)
+    columns.update({c: pd.Series(dtype=np.float32) for c in FEATURE_COLUMNS})
+    return np.zeros((0, 4, size, size), np.uint8), pd.DataFrame(columns)

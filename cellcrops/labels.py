@@ -13,6 +13,7 @@ Negative) and the 2018 image competition (28 classes). Their tables differ:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -210,7 +211,11 @@ def read_labels(path: str | os.PathLike, taxonomy: str | Taxonomy | None = None)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: label table not found")
-    with open(path, newline="") as f:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is dropped
+    except UnicodeDecodeError as e:
+        raise LabelError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)

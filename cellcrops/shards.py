@@ -50,6 +50,16 @@ from hpacell.segmentation.io import (
 from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_file, atomic_write_bytes, clean_stale_temps
 from hpacell.utils.jobs import run_jobs
+from hpacell.utils.outputs import (
+    check_stamp,
+    claim_folder,
+    file_digest,
+    fingerprint,
+    read_stamp,
+    record_path,
+    resolve_path,
+    write_stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +119,14 @@ class CropItem:
 def process_image(item: CropItem) -> tuple[np.ndarray, pd.DataFrame]:
     """Read one image + masks and crop its cells (runs in a worker process).
 
+    An image whose mask has no cells (or whose cells are all dropped by the
+    options) gives 0 crops and 0 rows: it is done, not failed.
+
     Raises
     ------
     ImageSetError
         Mask without image, image without mask, unreadable file, mask size !=
-        image size, empty mask; the message names the file.
+        image size; the message names the file.
     """
     if item.channels is None:
         raise ImageSetError(f"{item.cellmask}: mask without image (no image set {item.image_id!r})")
@@ -126,8 +139,6 @@ def process_image(item: CropItem) -> tuple[np.ndarray, pd.DataFrame]:
     for path, m in ((item.cellmask, cellmask), (item.nucleimask, nucleimask)):
         if m is not None and m.shape != (h, w):
             raise ImageSetError(f"{path}: mask size {m.shape[1]}x{m.shape[0]} != image size {w}x{h}")
-    if not cellmask.any():
-        raise ImageSetError(f"{item.cellmask}: empty mask (no cells)")
     o = item.options
     return crop_cells(
         image,
@@ -250,6 +261,27 @@ def _empty_table() -> pd.DataFrame:
     return df
 
 
+def recorded_source(cells_dir: str | os.PathLike, key: str) -> Path | None:
+    """The input folder ``meta.json["sources"][key]`` of a cell dataset (e.g. ``"masks"``), resolved.
+
+    Paths are recorded relative to ``meta.json`` (hpacell >= issue 13) and resolved
+    from it, whatever the working directory. A path recorded relative to the
+    working directory by an older version is used as is when that resolves and
+    the other does not. ``None`` when nothing is recorded.
+    """
+    meta = Path(cells_dir) / "meta.json"
+    if not meta.is_file():
+        return None
+    sources = json.loads(meta.read_text()).get("sources") or {}
+    value = sources.get(key) if isinstance(sources, dict) else None
+    if not value or not isinstance(value, str):
+        return None
+    path = resolve_path(value, meta.parent)
+    if not path.exists() and Path(value).exists():  # an older meta.json, relative to its crop's cwd
+        return Path(value)
+    return path
+
+
 # --------------------------------------------------------------------------- resume
 def _committed(out: Path) -> list[int]:
     """Indices of committed shards; orphans of a killed run are removed."""
@@ -281,18 +313,49 @@ def _read_parts(out: Path, kind: str, done: list[int]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(STATUS_COLUMNS))
 
 
-def _check_options(out: Path, options: dict) -> None:
-    path = out / "parts" / "options.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != options:
-            diff = {k: (old.get(k), v) for k, v in options.items() if old.get(k) != v}
+STAMP = "parts/options.json"
+"""Where a crop folder records the inputs and options its crops were made with."""
+
+_OUTPUTS = ("cells.parquet", "crop_status.parquet", "meta.json")
+
+
+def _labels_digest(labels: LabelTable | None, source: str | None) -> str | None:
+    if labels is None:
+        return None
+    if source is not None:
+        return file_digest(source)
+    return fingerprint(sorted((k, list(v)) for k, v in labels.as_dict().items()))
+
+
+def _reuse_or_reset(out: Path, stamp: dict, overwrite: bool) -> list[int]:
+    """The committed shards that may be reused; the others' files are removed.
+
+    Images done before (status ``ok`` in a committed part, 0 cells included) are
+    reused only when the stamp beside them equals ``stamp``; otherwise the run
+    is refused, naming what changed, or with ``overwrite`` starts again. Parts
+    holding only failed images have nothing to reuse and are dropped (those
+    images are retried), so a first run that failed never blocks the corrected
+    rerun, whatever its options.
+    """
+    done = _committed(out)
+    status = _read_parts(out, "status", done)
+    if done and (status["status"] == "ok").any():
+        path = out / STAMP
+        if read_stamp(path) is None and not overwrite:
             raise InputError(
-                f"{out}: was built with other options {diff} (old, new); use a new output folder "
-                "or delete this one"
+                f"{out}: holds crops without a record of the inputs and options that made them; "
+                "use --overwrite to recompute, or another output folder"
             )
-    else:
-        atomic_write_bytes(path, json.dumps(options, indent=1).encode())
+        if check_stamp(path, stamp, overwrite=overwrite, what="crops", folder=out):
+            return done
+        log.warning("%s: removing the crops made with other inputs or options (--overwrite)", out)
+    if done:
+        for p in [*out.glob("shard-?????.npy"), *(out / "parts").glob("*-?????.parquet")]:
+            p.unlink()
+        for name in _OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+    write_stamp(out / STAMP, stamp)
+    return []
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -320,6 +383,7 @@ def build_cell_dataset(
     taxonomy: str | Taxonomy | None = None,
     workers: int = 1,
     shard_size: int = 4096,
+    overwrite: bool = False,
 ) -> CropSummary:
     """Crop every cell of every image into ``out`` (see the module docs).
 
@@ -329,7 +393,8 @@ def build_cell_dataset(
         Image sets ``<ID>_<channel>.<ext>`` and masks ``<ID>_cellmask.png``
         (``<ID>_nucleimask.png`` optional).
     out : path
-        The ``CELLS`` folder (created; a rerun resumes).
+        The ``CELLS`` folder (created and marked for ``crop``; a rerun with the
+        same inputs and options resumes, other ones are refused).
     labels : LabelTable or path, optional
         Image labels inherited by the cells (a table, or a 2021/2018 CSV to
         read); images without a row get ``[]``.
@@ -340,6 +405,15 @@ def build_cell_dataset(
         Worker processes.
     shard_size : int
         Crops per shard (a shard is committed once it holds at least this many).
+    overwrite : bool
+        Recompute everything when the folder holds crops made with other
+        inputs (images, masks, label table content) or options.
+
+    Raises
+    ------
+    InputError
+        No image sets in ``images_dir``; ``out`` is not a crop folder; its
+        crops were made with other inputs or options (without ``overwrite``).
     """
     options = options or CropOptions()
     if shard_size < 1:
@@ -352,21 +426,33 @@ def build_cell_dataset(
     if not masks_dir.is_dir():
         raise FileNotFoundError(f"{masks_dir}: mask folder does not exist")
     tax = labels.taxonomy if labels is not None else get_taxonomy(taxonomy or HPA2021)
+    sets = find_image_sets(images_dir)
+    if not sets:
+        raise InputError(
+            f"{images_dir}: no image sets found (expected <ID>_{{red,green,blue,yellow}}.<png|tif|jpg> files)"
+        )
+    mask_ids = {p.name[: -len(CELLMASK_SUFFIX)] for p in masks_dir.glob(f"*{CELLMASK_SUFFIX}")}
+    all_ids = sorted(set(sets) | mask_ids)
+
+    claim_folder(out, "crop", legacy=[STAMP])
     (out / "parts").mkdir(parents=True, exist_ok=True)
     n_tmp = clean_stale_temps(out) + clean_stale_temps(out / "parts")
     if n_tmp:
         log.warning("removed %d temp files of an interrupted run in %s", n_tmp, out)
-    _check_options(out, {**asdict(options), "taxonomy": tax.name})
+    stamp = {
+        **asdict(options),
+        "taxonomy": tax.name,
+        "images": os.path.abspath(images_dir),
+        "masks": os.path.abspath(masks_dir),
+        "labels": _labels_digest(labels, labels_source),
+    }
+    done = _reuse_or_reset(out, stamp, overwrite)
 
-    sets = find_image_sets(images_dir)
-    mask_ids = {p.name[: -len(CELLMASK_SUFFIX)] for p in masks_dir.glob(f"*{CELLMASK_SUFFIX}")}
-    all_ids = sorted(set(sets) | mask_ids)
     missing_images, unlabelled = ([], sorted(sets))
     if labels is not None:
         missing_images, unlabelled = compare_ids(labels.ids, sets)
     label_of = labels.as_dict() if labels is not None else {}
 
-    done = _committed(out)
     status = _read_parts(out, "status", done)
     finished = set(status.loc[status["status"] == "ok", "image_id"]) if len(status) else set()
     todo = [i for i in all_ids if i not in finished]
@@ -411,10 +497,10 @@ def build_cell_dataset(
         out,
         tax,
         options,
-        sources={
-            "images": str(images_dir),
-            "masks": str(masks_dir),
-            "labels": labels_source,
+        sources={  # relative to meta.json (hpacell.utils.outputs.record_path)
+            "images": record_path(images_dir, out),
+            "masks": record_path(masks_dir, out),
+            "labels": record_path(labels_source, out) if labels_source else None,
         },
     )
     log.info("cropped %d new cells; %d cells in %s; %d images failed", n_new, n_cells, out, len(failed))

@@ -56,6 +56,7 @@ from hpacell.cellcrops.synth_patterns import PATTERNS, CellGeometry, radial_fila
 from hpacell.segmentation.io import CHANNELS, mask_paths, write_mask, write_png
 from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.outputs import check_stamp, claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -529,18 +530,13 @@ def make_synth_dataset(
         "cell_scale": float(cell_scale),
     }
     meta_path = out / "synth.json"
-    old_truth: dict[str, dict[int, list[int]]] = {}
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        old_params = {k: v for k, v in old.items() if k in params}
-        if old_params != params and not overwrite:
-            diff = sorted(k for k in params if old_params.get(k) != params[k])
-            raise InputError(
-                f"{meta_path}: existing synthetic data was made with other parameters ({', '.join(diff)}); "
-                "use overwrite=True (--overwrite) or another folder"
-            )
-        if old_params == params and not overwrite:
-            old_truth = _read_cells_csv(out / "cells.csv")
+    # Only into a folder made by synth (synth.json marks those made before markers existed);
+    # a user's folder with a train.csv or masks/ of its own is refused.
+    claim_folder(out, "synth", legacy=["synth.json"])
+    same = check_stamp(meta_path, params, overwrite=overwrite, what="synthetic images")
+    old_truth: dict[str, dict[int, list[int]]] = _read_cells_csv(out / "cells.csv") if same else {}
+    if not same:
+        meta_path.unlink(missing_ok=True)  # written again when every image is done: a killed run redoes all
     ids = [image_id(i) for i in range(n_images)]
     # remove images of an earlier, larger run of this tool (their names are ours)
     for folder in (out / "images", out / "masks"):

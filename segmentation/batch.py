@@ -76,10 +76,10 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         For a CSV without an ID column (the message names the file).
     """
     path = Path(path)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first ID
     first = next((line for line in text.splitlines() if line.strip()), "")
     if path.suffix.lower() == ".csv" or "," in first:
-        table = pd.read_csv(path, dtype=str)
+        table = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
         col = next((c for c in ("ID", "Id", "id") if c in table.columns), None)
         if col is None:
             raise InputError(f"{path}: CSV has no ID/Id column (columns: {list(table.columns)})")
@@ -323,6 +323,12 @@ def _row(image_id: str, backend: str | None, **values: Any) -> dict[str, Any]:
     return row
 
 
+def _remove_outputs(out_dir: Path, image_id: str) -> None:
+    """Remove what a failed image may have left (masks of an earlier run, an overlay): it is retried."""
+    for path in (*mask_paths(out_dir / "masks", image_id), out_dir / "overlays" / f"{image_id}.png"):
+        path.unlink(missing_ok=True)
+
+
 def _skipped_row(image_id: str, previous: dict[str, dict[str, Any]], masks_dir: Path) -> dict[str, Any]:
     """Row of a finished image: the previous one when it says ok, else rebuilt from its cell mask."""
     old = previous.get(image_id)
@@ -383,6 +389,10 @@ def segment_folder(
     table_path = Path(table) if table is not None else out_dir / "segmentation.parquet"
     options = dict(backend_options or {})
     sets = find_image_sets(images_dir)
+    if not sets:
+        raise InputError(
+            f"{images_dir}: no image sets found (expected <ID>_{{red,green,blue,yellow}}.<png|tif|jpg> files)"
+        )
     wanted = list(sets) if ids is None else list(dict.fromkeys(ids))
     masks_dir.mkdir(parents=True, exist_ok=True)
 
@@ -410,6 +420,11 @@ def segment_folder(
             rows[image_id] = _skipped_row(image_id, prev_rows, masks_dir)
         else:
             todo.append((image_id, sets[image_id]))
+    if overwrite:
+        # The cell mask marks an image done: drop it before redoing the image, so that an image that
+        # fails now (or a killed run) is not counted finished, with stale masks, by the next run.
+        for image_id, _ in todo:
+            mask_paths(masks_dir, image_id)[0].unlink(missing_ok=True)
     log.info("%d image(s): %d to segment, %d already done", len(wanted), len(todo), len(wanted) - len(todo))
 
     if todo:
@@ -430,6 +445,7 @@ def segment_folder(
                 rows[res.item] = _row(res.item, backend, seconds=res.seconds, status="ok", **res.value)
             else:
                 log.warning("%s: %s", res.item, res.error)
+                _remove_outputs(out_dir, res.item)
                 rows[res.item] = _row(
                     res.item, backend, seconds=res.seconds, status="failed", error=res.error
                 )

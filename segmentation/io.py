@@ -69,11 +69,11 @@ def find_image_sets(folder: str | os.PathLike, complete_only: bool = False) -> d
         raise FileNotFoundError(f"{folder}: image folder does not exist")
     sets: dict[str, dict[str, Path]] = {}
     for entry in os.scandir(folder):
-        m = _FILE_RE.match(entry.name)
+        m = match_channel_file(entry.name)
         if not m or not entry.is_file():
             continue
-        channel = m["channel"].lower()
-        files = sets.setdefault(m["id"], {})
+        image_id, channel = m
+        files = sets.setdefault(image_id, {})
         if channel in files:
             # Keep one file per channel (by extension preference) so one odd image never aborts a batch.
             keep = min(
@@ -81,7 +81,7 @@ def find_image_sets(folder: str | os.PathLike, complete_only: bool = False) -> d
             )
             log.warning(
                 "image %r has two %s files (%s, %s): using %s",
-                m["id"],
+                image_id,
                 channel,
                 files[channel].name,
                 entry.name,
@@ -95,8 +95,28 @@ def find_image_sets(folder: str | os.PathLike, complete_only: bool = False) -> d
     return dict(sorted(sets.items()))
 
 
+def match_channel_file(name: str) -> tuple[str, str] | None:
+    """``(ID, channel)`` of a channel file name, or ``None``: the one matcher every stage uses.
+
+    The channel and the extension are matched case-insensitively; the ID keeps its case.
+
+    Examples
+    --------
+    >>> match_channel_file("UPPER_RED.PNG")
+    ('UPPER', 'red')
+    >>> match_channel_file("abc_cellmask.png") is None
+    True
+    """
+    m = _FILE_RE.match(name)
+    return (m["id"], m["channel"].lower()) if m else None
+
+
 def channel_paths(folder: str | os.PathLike, image_id: str) -> dict[str, Path]:
     """Paths of the four channel files of ``image_id`` in ``folder``.
+
+    The same files :func:`find_image_sets` finds (any case of channel and
+    extension); the common lower-case names are tried first, without listing
+    the folder.
 
     Raises
     ------
@@ -104,14 +124,21 @@ def channel_paths(folder: str | os.PathLike, image_id: str) -> dict[str, Path]:
         If a channel file is missing (the message names the expected file).
     """
     folder = Path(folder)
-    paths = {}
+    paths: dict[str, Path] = {}
     for ch in CHANNELS:
         found = [folder / f"{image_id}_{ch}{ext}" for ext in IMAGE_EXTENSIONS]
         found = [p for p in found if p.is_file()]
-        if not found:
+        if found:
+            paths[ch] = found[0]
+    if len(paths) < len(CHANNELS) and folder.is_dir():
+        for entry in os.scandir(folder):
+            m = match_channel_file(entry.name)
+            if m and m[0] == image_id and m[1] not in paths and entry.is_file():
+                paths[m[1]] = Path(entry.path)
+    for ch in CHANNELS:
+        if ch not in paths:
             raise ImageSetError(f"{folder / (image_id + '_' + ch + '.png')}: missing {ch} channel file")
-        paths[ch] = found[0]
-    return paths
+    return {ch: paths[ch] for ch in CHANNELS}
 
 
 # --------------------------------------------------------------------------- reading
@@ -198,15 +225,37 @@ def mask_paths(masks_dir: str | os.PathLike, image_id: str) -> tuple[Path, Path]
     return d / f"{image_id}{CELLMASK_SUFFIX}", d / f"{image_id}{NUCLEIMASK_SUFFIX}"
 
 
+def _png_bit_depth(path: Path) -> int | None:
+    """The bit depth in a PNG file's header (``None`` for a file that is not a PNG)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read an instance mask PNG (0 = background) as a 2-D integer array.
+    """Read an instance mask PNG (0 = background, 1..N = cells) as a 2-D unsigned integer array.
 
     8- and 16-bit PNGs are accepted (the HPA reference masks are 8-bit);
     the dtype of the file is kept.
+
+    Raises
+    ------
+    ImageSetError
+        The file is missing or unreadable, not 2-D, a 1/2/4-bit PNG (a binary
+        picture, not labelled cells), or holds non-integer or negative values;
+        the message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageSetError(f"{path}: mask file not found")
+    depth = _png_bit_depth(path)
+    if depth is not None and depth < 8:
+        raise ImageSetError(
+            f"{path}: a {depth}-bit PNG is a binary picture, not an instance mask "
+            "(expected an 8- or 16-bit PNG with 0 = background, 1..N = cells)"
+        )
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageSetError(f"{path}: corrupt or unreadable mask file")
@@ -215,6 +264,12 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             img = np.ascontiguousarray(img[..., 0])
         else:
             raise ImageSetError(f"{path}: expected a 2-D label mask, got shape {img.shape}")
+    if not np.issubdtype(img.dtype, np.integer):
+        raise ImageSetError(f"{path}: mask must hold integer cell ids, got {img.dtype} values")
+    if img.dtype.kind == "i":
+        if img.size and img.min() < 0:
+            raise ImageSetError(f"{path}: mask ids must be >= 0, found {int(img.min())}")
+        img = img.astype(np.uint16 if not img.size or img.max() < 65536 else np.uint32)
     return img
 
 

@@ -30,6 +30,49 @@ class ConfigError(HpacellError, ValueError):
     """An invalid configuration file or override; the message names the file."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def parse_yaml(text: str, source: str = "YAML") -> Any:
+    r"""YAML text as Python objects (safe types only); a key repeated in a mapping is an error.
+
+    Raises
+    ------
+    ConfigError
+        Invalid YAML or a duplicate key, in one line starting with ``source``.
+
+    Examples
+    --------
+    >>> parse_yaml("a: 1\nb: [2, 3]")
+    {'a': 1, 'b': [2, 3]}
+    >>> parse_yaml("epochs: 1\nepochs: 2", "run.yaml")
+    Traceback (most recent call last):
+    ...
+    hpacell.workflows.config.ConfigError: run.yaml: invalid YAML: duplicate key 'epochs' (first on line 1) ...
+    """
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(e).split())}") from None
+
+
 def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in new.items():
@@ -57,10 +100,7 @@ def load_config(model: type[T], path: str | os.PathLike | None = None, **overrid
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        loaded = parse_yaml(p.read_text(encoding="utf-8-sig"), source=str(p)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         data = loaded

@@ -6,7 +6,8 @@ against the synthetic truth) → report. ``real`` also segments, crops and
 scores real HPA images with the demo model and writes overlays.
 
 Each step is the library function behind the matching command, so the demo
-exercises exactly what users run. Steps resume: a rerun into the same folder
+exercises exactly what users run. The output folder is marked as a demo's
+(``.hpacell.json``); any other non-empty folder is refused. Steps resume: a rerun into the same folder
 skips finished work (segment, crop and predict outputs are kept; training
 resumes from ``last.pt``).
 """
@@ -110,10 +111,13 @@ def run_demo(
     from hpacell.classifier.training.data import build_cell_data
     from hpacell.classifier.training.train import fit
     from hpacell.utils.files import atomic_write_bytes
+    from hpacell.utils.outputs import claim_folder
 
     cfg = config or DemoConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Only into a demo folder (demo.yaml marks one made before markers existed): never mixed into,
+    # or overwriting, another command's outputs.
+    claim_folder(out, "demo", legacy=["demo.yaml"])
     save_config(cfg, out / "demo.yaml")
     summary: dict[str, Any] = {"out": str(out), "seconds": {}}
     t_all = time.perf_counter()

@@ -393,12 +393,24 @@ def run_predict(
 
 
 def masks_from_meta(cells_dir: str | os.PathLike | None) -> Path | None:
-    """The masks folder a cell dataset was cropped from, if its ``meta.json`` records one."""
+    """The masks folder a cell dataset was cropped from, if its ``meta.json`` records one.
+
+    Recorded paths are relative to ``meta.json`` (see
+    :func:`hpacell.cellcrops.shards.recorded_source`).
+
+    Raises
+    ------
+    InputError
+        ``meta.json`` records a masks folder that does not exist (moved or deleted).
+    """
+    from hpacell.cellcrops.shards import recorded_source
+
     if cells_dir is None:
         return None
-    meta = Path(cells_dir) / "meta.json"
-    if not meta.is_file():
-        return None
-    sources = json.loads(meta.read_text()).get("sources") or {}
-    m = sources.get("masks") if isinstance(sources, dict) else None
-    return Path(m) if m and Path(m).is_dir() else None
+    path = recorded_source(cells_dir, "masks")
+    if path is not None and not path.is_dir():
+        raise InputError(
+            f"{Path(cells_dir) / 'meta.json'}: records the masks folder {path}, which does not exist "
+            "(moved?); pass --masks"
+        )
+    return path

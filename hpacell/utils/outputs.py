@@ -11,6 +11,10 @@ Two rules, shared by every command:
   the outputs (:func:`write_stamp`) with the new one; a difference is refused
   with the keys that differ (or, with ``overwrite=True``, reported so the caller
   recomputes).
+
+Paths written into metadata are relative to the folder of the file that records
+them (:func:`record_path`) and are resolved from there (:func:`resolve_path`),
+so an output folder can be moved, or read from another working directory.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ __all__ = [
     "folder_owner",
     "check_stamp",
     "read_stamp",
+    "record_path",
+    "resolve_path",
     "write_stamp",
 ]
 
@@ -54,6 +60,7 @@ def claim_folder(
     *,
     accept: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    legacy: Iterable[str] = (),
 ) -> Path:
     """Create ``folder`` for ``command``, or accept it if it is empty or already ``command``'s.
 
@@ -68,6 +75,10 @@ def claim_folder(
         ``demo`` folder holding a ``predict`` sub-folder).
     ignore : iterable of str
         Entry names that do not make a folder "non-empty" (e.g. ``.DS_Store``).
+    legacy : iterable of str
+        Entry names that all show that an unmarked folder was written by
+        ``command`` before markers existed (e.g. ``synth.json``); such a folder
+        is marked and accepted.
 
     Raises
     ------
@@ -101,6 +112,10 @@ def claim_folder(
         raise InputError(
             f"{folder}: was made by 'hpacell {owner}', not 'hpacell {command}'; choose another output folder"
         )
+    legacy = list(legacy)
+    if folder.is_dir() and legacy and all((folder / name).exists() for name in legacy):
+        write_json(folder / MARKER, {"command": command})
+        return folder
     if folder.is_dir() and not _is_empty(folder, ignore=set(ignore)):
         raise InputError(
             f"{folder}: exists, is not empty and was not made by 'hpacell {command}' "
@@ -113,6 +128,28 @@ def claim_folder(
 
 def _is_empty(folder: Path, ignore: set[str]) -> bool:
     return not any(p.name not in ignore for p in folder.iterdir())
+
+
+def record_path(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """``path`` as recorded in a metadata file in ``folder``: relative to ``folder`` (POSIX slashes).
+
+    Examples
+    --------
+    >>> record_path("/data/run/masks", "/data/run/cells")
+    '../masks'
+    """
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
+
+
+def resolve_path(recorded: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """A path recorded in a metadata file in ``folder`` (relative to it, or absolute), resolved.
+
+    Examples
+    --------
+    >>> resolve_path("../masks", "/data/run/cells").as_posix()
+    '/data/run/masks'
+    """
+    return Path(os.path.normpath(Path(os.path.abspath(folder)) / recorded))
 
 
 def fingerprint(obj: Any) -> str:
@@ -161,12 +198,15 @@ def check_stamp(
     *,
     overwrite: bool = False,
     what: str = "outputs",
+    folder: str | os.PathLike | None = None,
 ) -> bool:
     """Whether outputs stamped at ``path`` were made by the same ``stamp`` and may be reused.
 
     Returns ``True`` when the stored stamp equals ``stamp``, ``False`` when there
     is no stamp, or when they differ and ``overwrite`` is true (the caller then
     recomputes and calls :func:`write_stamp`).
+
+    ``what`` and ``folder`` (default: the stamp's folder) name the outputs in the message.
 
     Raises
     ------
@@ -199,8 +239,9 @@ def check_stamp(
         return False
     keys = sorted(set(old) | set(new))
     diffs = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
+    where = Path(folder) if folder is not None else Path(path).parent
     raise InputError(
-        f"{Path(path).parent}: {what} were made with other inputs or options ({'; '.join(diffs)}); "
+        f"{where}: {what} were made with other inputs or options ({'; '.join(diffs)}); "
         "use --overwrite to recompute, or another output folder"
     )
 

@@ -82,8 +82,13 @@ def test_crop_cells_filters_and_validates():
     assert table["area"].tolist() == [int((mask == c).sum()) for c in (3, 7, 9)]
     _, t2 = crop_cells(planes, mask, size=32, drop_border_cells=True, min_area=1300)
     assert t2["cell"].tolist() == [7]  # the disk has ~1250 px
-    with pytest.raises(ValueError, match="empty mask"):
-        crop_cells(planes, np.zeros_like(mask))
+    # no cells, or every cell dropped: 0 crops and an empty table with the same columns (issue 13, case 16)
+    for kw in ({"mask": np.zeros_like(mask)}, {"mask": mask, "min_area": 10**6}, {"mask": mask[:, :12]}):
+        p = planes[:, :, :12] if kw["mask"].shape[1] == 12 else planes
+        c0, t0 = crop_cells(p, kw.pop("mask"), size=32, drop_border_cells=True, **kw)
+        assert c0.shape == (0, 4, 32, 32) and c0.dtype == np.uint8
+        assert list(t0.columns) == list(table.columns) and len(t0) == 0
+        assert (t0.dtypes == table.dtypes).all()
     with pytest.raises(ValueError, match="mask size"):
         crop_cells(planes, mask[:, :100])
 
@@ -158,7 +163,8 @@ def test_real_meta_and_status(real_cells):
 # --------------------------------------------------------------------------- batch behaviour
 @pytest.fixture
 def messy(tmp_path):
-    """a: fine; b: mask size != image size; c: empty mask; d: mask without image; e: image without mask."""
+    """a: fine; b: mask size != image size; c: no cells (fine, 0 rows); d: mask without image; e: image
+    without mask."""
     images, masks = tmp_path / "images", tmp_path / "masks"
     masks.mkdir()
     planes, mask = _synthetic()
@@ -183,19 +189,19 @@ def test_bad_inputs_recorded_others_processed_then_resume(messy):
     status = pd.read_parquet(messy / "cells" / "crop_status.parquet").set_index("image_id")
     assert status.loc["a", "status"] == "ok" and status.loc["a", "n_cells"] == 3
     assert "mask size 100x120 != image size 160x120" in status.loc["b", "error"]
-    assert "empty mask" in status.loc["c", "error"]
+    assert status.loc["c", "status"] == "ok" and status.loc["c", "n_cells"] == 0  # issue 13, case 16
     assert "mask without image" in status.loc["d", "error"]
     assert "no cell mask" in status.loc["e", "error"]
     cells = pd.read_parquet(messy / "cells" / "cells.parquet")
     assert cells["image_id"].unique().tolist() == ["a"]
     assert all(list(x) == [1, 4] for x in cells["labels"])
 
-    # Fix b; the rerun skips a, crops b, and still reports c, d, e.
+    # Fix b; the rerun skips a and c (done), crops b, and still reports d, e.
     planes, mask = _synthetic()
     write_mask(messy / "masks" / "b_cellmask.png", mask)
     res = _crop_cli(messy)
     assert res.exit_code == 1
-    assert '"skipped_done": 1' in res.stdout
+    assert '"skipped_done": 2' in res.stdout
     cells = pd.read_parquet(messy / "cells" / "cells.parquet")
     assert sorted(cells["image_id"].unique()) == ["a", "b"] and cells["cell_uid"].is_unique
     status = pd.read_parquet(messy / "cells" / "crop_status.parquet").set_index("image_id")
@@ -220,7 +226,7 @@ def test_rerun_skips_and_cleans_a_killed_run(tmp_path):
     assert s2.n_skipped == 3 and s2.n_cells == 9
     assert not (out / ".shard-00007.npy.999.tmp").exists() and not (out / "shard-00009.npy").exists()
     pd.testing.assert_frame_equal(pd.read_parquet(out / "cells.parquet"), before)
-    with pytest.raises(ValueError, match="other options"):
+    with pytest.raises(ValueError, match="other inputs or options"):
         build_cell_dataset(images, masks, out, options=CropOptions(size=32), shard_size=4)
 
 
@@ -240,3 +246,141 @@ def test_16bit_input_uses_shared_normalisation_and_unlabelled_get_empty_labels(t
     assert norm.max() > 200  # 12-bit scaled up, not truncated
     crop, _, _ = square_crop(norm, mask, 7)
     np.testing.assert_array_equal(shards[r["shard"]][r["row"]], resize_square(crop, 256))
+
+
+# --------------------------------------------------------------------------- issue 13
+def _one_image(root: Path) -> tuple[Path, Path]:
+    images, masks = root / "images", root / "masks"
+    masks.mkdir(parents=True)
+    planes, mask = _synthetic()
+    _write_image(images, "a", planes)
+    write_mask(masks / "a_cellmask.png", mask)
+    return images, masks
+
+
+def test_rerun_with_other_labels_masks_or_none_is_refused_or_recomputed(tmp_path):
+    """Case 5: the crops are stamped with their inputs (label table content, masks, images) + options."""
+    images, masks = _one_image(tmp_path)
+    write_labels(tmp_path / "l1.csv", {"a": [1]})
+    write_labels(tmp_path / "l2.csv", {"a": [2]})
+    out = tmp_path / "cells"
+    build_cell_dataset(images, masks, out, labels=tmp_path / "l1.csv", options=CropOptions(size=16))
+    # same inputs: resumes (skips)
+    again = build_cell_dataset(images, masks, out, labels=tmp_path / "l1.csv", options=CropOptions(size=16))
+    assert again.n_skipped == 1
+    # a copy of the same table under another name is the same input
+    (tmp_path / "copy.csv").write_bytes((tmp_path / "l1.csv").read_bytes())
+    copy = build_cell_dataset(images, masks, out, labels=tmp_path / "copy.csv", options=CropOptions(size=16))
+    assert copy.n_skipped == 1
+    other_masks = tmp_path / "masks2"
+    other_masks.mkdir()
+    write_mask(other_masks / "a_cellmask.png", _synthetic()[1][:, ::-1])
+    for kw in ({"labels": tmp_path / "l2.csv"}, {"labels": None}):
+        with pytest.raises(ValueError, match="labels: "):
+            build_cell_dataset(images, masks, out, options=CropOptions(size=16), **kw)
+    with pytest.raises(ValueError, match="masks: "):
+        build_cell_dataset(images, other_masks, out, labels=tmp_path / "l1.csv", options=CropOptions(size=16))
+    assert all(list(x) == [1] for x in pd.read_parquet(out / "cells.parquet")["labels"])
+    # --overwrite recomputes with the new inputs
+    res = CliRunner().invoke(
+        app, ["crop", str(images), "-m", str(masks), "-o", str(out), "-l", str(tmp_path / "l2.csv"),
+              "--size", "16", "--overwrite"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert '"skipped_done": 0' in res.stdout
+    assert all(list(x) == [2] for x in pd.read_parquet(out / "cells.parquet")["labels"])
+
+
+def test_failed_first_run_does_not_block_the_corrected_rerun(tmp_path):
+    images, masks = _one_image(tmp_path)
+    out = tmp_path / "cells"
+    # an image folder without image sets: refused, exit 1
+    (tmp_path / "none").mkdir()
+    res = CliRunner().invoke(app, ["crop", str(tmp_path / "none"), "-m", str(masks), "-o", str(out)])
+    assert res.exit_code == 1 and "no image sets found" in res.output
+    # a first run that fails on every image leaves its stamp, but no crops: the rerun with other options runs
+    (masks / "a_cellmask.png").rename(tmp_path / "kept.png")
+    write_mask(masks / "a_cellmask.png", _synthetic()[1][:, :100])  # wrong size: fails
+    assert build_cell_dataset(images, masks, out, options=CropOptions(size=16)).failed
+    assert (out / "parts" / "options.json").is_file()
+    (tmp_path / "kept.png").replace(masks / "a_cellmask.png")
+    fixed = build_cell_dataset(images, masks, out, options=CropOptions(size=24))
+    assert not fixed.failed and fixed.n_cells == 3
+
+
+def test_images_without_cells_or_with_all_cells_dropped_succeed_with_0_rows(tmp_path):
+    """Case 16: an empty mask, or every cell dropped, is done (0 rows), not failed; merge takes the part."""
+    images, masks = _one_image(tmp_path)
+    planes, mask = _synthetic()
+    _write_image(images, "empty", planes)
+    write_mask(masks / "empty_cellmask.png", np.zeros_like(mask))
+    out = tmp_path / "cells"
+    args = ["crop", str(images), "-m", str(masks), "-o", str(out), "--size", "16", "--feature-size", "16"]
+    res = CliRunner().invoke(app, [*args, "--min-area", "100000"])
+    assert res.exit_code == 0, res.output
+    status = pd.read_parquet(out / "crop_status.parquet").set_index("image_id")
+    assert (status["status"] == "ok").all() and status["n_cells"].tolist() == [0, 0]
+    assert len(pd.read_parquet(out / "cells.parquet")) == 0
+    assert CliRunner().invoke(app, args + ["--min-area", "100000"]).exit_code == 0  # rerun: done
+    only_empty = tmp_path / "only-empty"
+    (tmp_path / "m2").mkdir()
+    write_mask(tmp_path / "m2" / "empty_cellmask.png", np.zeros_like(mask))
+    _write_image(tmp_path / "i2", "empty", planes)
+    small = CropOptions(size=16, feature_size=16)
+    build_cell_dataset(tmp_path / "i2", tmp_path / "m2", only_empty, options=small)
+    full = tmp_path / "full"
+    build_cell_dataset(images, masks, full, options=small)
+    from hpacell.cellcrops.dataset import CellDataset
+    from hpacell.cellcrops.merge import merge_cell_datasets
+
+    assert merge_cell_datasets([only_empty, full], tmp_path / "merged") == 3
+    ds = CellDataset(tmp_path / "merged")
+    assert len(ds) == 3 and ds[2]["image"].shape == (4, 16, 16)
+
+
+def test_bad_mask_error_names_the_file(tmp_path):
+    images, masks = _one_image(tmp_path)
+    neg = np.zeros((120, 160), np.int16)
+    neg[1, 1] = -3
+    assert cv2.imwrite(str(tmp_path / "n.tiff"), neg)
+    (tmp_path / "n.tiff").replace(masks / "a_cellmask.png")
+    summary = build_cell_dataset(images, masks, tmp_path / "cells", options=CropOptions(size=16))
+    assert "a_cellmask.png: mask ids must be >= 0" in summary.failed["a"]
+
+
+def test_meta_paths_are_relative_to_meta_json(tmp_path, monkeypatch):
+    """Case 13: sources are recorded relative to meta.json and resolve from any working directory."""
+    from hpacell.cellcrops.shards import recorded_source
+
+    images, masks = _one_image(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "data")
+    build_cell_dataset("images", "masks", "../run/cells", options=CropOptions(size=16))
+    meta = __import__("json").loads((tmp_path / "run" / "cells" / "meta.json").read_text())
+    assert meta["sources"]["masks"] == "../../data/masks"
+    monkeypatch.chdir(tmp_path)
+    assert recorded_source(tmp_path / "run" / "cells", "masks") == masks
+    (tmp_path / "run").rename(tmp_path / "moved")  # moving the dataset beside its inputs' parent
+    monkeypatch.chdir("/")
+    assert recorded_source(tmp_path / "moved" / "cells", "masks") == masks
+
+
+def test_crop_refuses_a_foreign_folder(tmp_path):
+    images, masks = _one_image(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not made by 'hpacell crop'"):
+        build_cell_dataset(images, masks, tmp_path / "mine", options=CropOptions(size=16))
+
+
+def test_predict_finds_masks_from_any_directory_and_refuses_moved_masks(tmp_path, monkeypatch):
+    """Case 13 as predict sees it: masks_from_meta resolves from meta.json; moved masks are an error."""
+    from hpacell.classifier.scoring.predict import masks_from_meta
+
+    images, masks = _one_image(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "data")
+    build_cell_dataset("images", "masks", "cells", options=CropOptions(size=16))
+    monkeypatch.chdir(tmp_path)
+    assert masks_from_meta(tmp_path / "data" / "cells") == masks
+    masks.rename(tmp_path / "data" / "masks-moved")
+    with pytest.raises(ValueError, match="records the masks folder .*masks, which does not exist"):
+        masks_from_meta(tmp_path / "data" / "cells")

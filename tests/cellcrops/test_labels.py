@@ -73,3 +73,14 @@ def test_compare_ids():
     missing, unlabelled = compare_ids(["a", "b", "c"], ["c", "d"])
     assert missing == ["a", "b"] and unlabelled == ["d"]
     assert np.array_equal(np.array(compare_ids([], [])), np.array(([], [])))
+
+
+def test_utf8_bom_is_accepted_and_other_encodings_are_one_line(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes(b"\xef\xbb\xbfID,Label\nabc,1|2\n")  # Excel's "CSV UTF-8"
+    table = read_labels(p)
+    assert table.ids == ["abc"] and table.as_dict() == {"abc": [1, 2]}
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(b"ID,Label\n\xe9t\xe9,1\n")
+    with pytest.raises(LabelError, match="latin1.csv: not a UTF-8 text file"):
+        read_labels(bad)

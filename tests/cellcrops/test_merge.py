@@ -64,3 +64,57 @@ def test_crop_output_does_not_depend_on_worker_count(tmp_path):
     a, b = (CellDataset(o) for o in outs)
     assert list(a.table["cell_uid"]) == list(b.table["cell_uid"])
     assert (outs[0] / "shard-00000.npy").read_bytes() == (outs[1] / "shard-00000.npy").read_bytes()
+
+
+# --------------------------------------------------------------------------- issue 13
+def _part(root, name, image_id, **options):
+    syn = root / f"syn-{name}"
+    make_synth_dataset(syn, n_images=1, size=128, seed=1, cell_scale=0.3)
+    for p in list((syn / "images").iterdir()) + list((syn / "masks").iterdir()):
+        p.rename(p.with_name(p.name.replace("synth-0000", image_id)))
+    out = root / "cells" / name
+    build_cell_dataset(syn / "images", syn / "masks", out, options=CropOptions(size=16, **options))
+    return out
+
+
+def test_merge_refuses_parts_cut_with_other_options_naming_the_flag(tmp_path):
+    """Case 10 + a failed merge leaves no OUT."""
+    a = _part(tmp_path, "a", "ia")
+    for name, kw, flag in (("m", {"margin": 4}, "--margin"), ("f", {"feature_size": 32}, "--feature-size")):
+        b = _part(tmp_path, name, f"i{name}", **kw)
+        with pytest.raises(ValueError, match=f"{flag}"):
+            merge_cell_datasets([a, b], tmp_path / "merged")
+        assert not (tmp_path / "merged").exists()
+    with pytest.raises(FileNotFoundError):
+        merge_cell_datasets([a, tmp_path / "nothing"], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not made by 'hpacell merge-cells'"):
+        merge_cell_datasets([a], tmp_path / "foreign")
+
+
+def test_merge_keeps_the_masks_folder_through_linked_views(tmp_path, monkeypatch):
+    """Case 13: Snakemake layout (parts inside OUT, masks as links to one folder); run from elsewhere."""
+    import os
+
+    from hpacell.cellcrops.shards import recorded_source
+
+    syn = tmp_path / "syn"
+    make_synth_dataset(syn, n_images=2, size=128, seed=1, cell_scale=0.3)
+    parts = []
+    for k, image_id in enumerate(("synth-0000", "synth-0001")):
+        view = tmp_path / "shards" / f"view-{k}"
+        (view / "images").mkdir(parents=True)
+        (view / "masks").mkdir()
+        for p in (syn / "images").glob(f"{image_id}_*"):
+            os.symlink(p, view / "images" / p.name)
+        for p in (syn / "masks").glob(f"{image_id}_*"):
+            os.symlink(p, view / "masks" / p.name)
+        parts.append(tmp_path / "cells" / f"shard-{k:05d}")
+        build_cell_dataset(view / "images", view / "masks", parts[-1], options=CropOptions(size=16))
+    n = merge_cell_datasets(parts, tmp_path / "cells")
+    assert n == len(CellDataset(tmp_path / "cells"))
+    monkeypatch.chdir(tmp_path / "shards")
+    assert recorded_source(tmp_path / "cells", "masks") == syn / "masks"
+    assert merge_cell_datasets(parts, tmp_path / "cells") == n  # a rerun recomputes in its own folder

@@ -56,7 +56,7 @@ def test_files_are_byte_identical_for_a_seed(tmp_path, small_set):
     again = tmp_path / "again"
     make_synth_dataset(again, 6, 128, seed=3, cell_scale=0.3, weak_share=0.5)
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert len(files) == 6 * 6 + 3
+    assert len(files) == 6 * 6 + 3 + 1  # + the .hpacell.json marker
     for rel in files:
         assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
     other = tmp_path / "other"
@@ -185,3 +185,22 @@ def test_cli(tmp_path):
     assert bad.exit_code == 1 and "bit-depth" in bad.output
     clash = runner.invoke(app, args + ["--cell-scale", "0.5"])
     assert clash.exit_code == 1 and "cell_scale" in clash.output
+
+
+def test_refuses_a_folder_it_did_not_make(tmp_path):
+    """Issue 13, case 2: a user's train.csv, cells.csv and masks/ are never replaced."""
+    from hpacell.workflows.cli import app
+
+    user = tmp_path / "user"
+    (user / "masks").mkdir(parents=True)
+    (user / "train.csv").write_text("ID,Label\nmine,1\n")
+    (user / "masks" / "mine_cellmask.png").write_bytes(b"x")
+    res = CliRunner().invoke(app, ["synth", str(user), "--images", "1", "--size", "64", "--overwrite"])
+    assert res.exit_code == 1 and "not made by 'hpacell synth'" in res.output
+    assert (user / "train.csv").read_text() == "ID,Label\nmine,1\n"
+    assert sorted(p.name for p in user.rglob("*")) == ["masks", "mine_cellmask.png", "train.csv"]
+    # a folder written before markers existed (it has synth.json) is still synth's
+    old = tmp_path / "old"
+    make_synth_dataset(old, 1, 64, seed=1, cell_scale=0.3)
+    (old / ".hpacell.json").unlink()
+    assert make_synth_dataset(old, 1, 64, seed=1, cell_scale=0.3)["skipped"] == 1

@@ -275,3 +275,25 @@ def test_gpu_backend_labels_in_worker_processes(tmp_path, monkeypatch):
             mask_paths(tmp_path / "one" / "masks", i), mask_paths(tmp_path / "two" / "masks", i), strict=True
         ):
             np.testing.assert_array_equal(read_mask(a), read_mask(b))
+
+
+# --------------------------------------------------------------------------- issue 13
+def test_image_failing_on_overwrite_loses_its_stale_masks_and_is_retried(images, tmp_path):
+    out = tmp_path / "out"
+    assert by_id(segment_folder(images, out, backend="standin"))["a_ok"]["status"] == "ok"
+    (images / "a_ok_red.png").write_bytes(b"garbage")  # the image breaks, its old masks remain
+    rows = by_id(segment_folder(images, out, backend="standin", overwrite=True))
+    assert rows["a_ok"]["status"] == "failed"
+    assert not any(p.exists() for p in mask_paths(out / "masks", "a_ok"))
+    rows = by_id(segment_folder(images, out, backend="standin"))  # the next rerun retries it
+    assert rows["a_ok"]["status"] == "failed"
+
+
+def test_folder_without_image_sets_is_an_error(tmp_path):
+    from hpacell.utils.errors import InputError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="no image sets found"):
+        segment_folder(tmp_path / "empty", tmp_path / "out", backend="standin")
+    assert not (tmp_path / "out").exists()

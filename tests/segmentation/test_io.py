@@ -133,3 +133,34 @@ def test_duplicate_channel_prefers_png_and_outputs_are_world_readable(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+# --------------------------------------------------------------------------- issue 13
+def test_bad_masks_are_refused_naming_the_file(tmp_path):
+    from PIL import Image
+
+    bits = tmp_path / "bits_cellmask.png"
+    Image.fromarray(np.eye(20, dtype=bool)).save(bits)  # a 1-bit PNG: a binary picture
+    with pytest.raises(ImageSetError, match=r"bits_cellmask\.png: a 1-bit PNG"):
+        read_mask(bits)
+    floats = np.zeros((20, 20), np.float32)
+    floats[3:6, 3:6] = 1.5
+    assert cv2.imwrite(str(tmp_path / "f.tiff"), floats)
+    os.replace(tmp_path / "f.tiff", tmp_path / "f_cellmask.png")
+    with pytest.raises(ImageSetError, match=r"f_cellmask\.png: mask must hold integer cell ids, got float32"):
+        read_mask(tmp_path / "f_cellmask.png")
+    neg = np.zeros((20, 20), np.int16)
+    neg[1, 1] = -3
+    assert cv2.imwrite(str(tmp_path / "n.tiff"), neg)
+    os.replace(tmp_path / "n.tiff", tmp_path / "n_cellmask.png")
+    with pytest.raises(ImageSetError, match=r"n_cellmask\.png: mask ids must be >= 0"):
+        read_mask(tmp_path / "n_cellmask.png")
+
+
+def test_one_channel_file_matcher_for_folder_and_set_reads(tmp_path):
+    planes = np.random.default_rng(0).integers(0, 255, size=(4, 20, 30)).astype(np.uint8)
+    for ch, plane in zip(CHANNELS, planes, strict=True):
+        assert cv2.imwrite(str(tmp_path / f"UPPER_{ch.upper()}.PNG"), plane)
+    assert list(find_image_sets(tmp_path)) == ["UPPER"]
+    np.testing.assert_array_equal(read_image_set(tmp_path, "UPPER"), planes)  # what the report reads
+    np.testing.assert_array_equal(read_image_set(find_image_sets(tmp_path)["UPPER"]), planes)

@@ -33,3 +33,25 @@ def test_demo_rejects_bad_config(tmp_path):
     cfg.write_text("epochz: 1\n")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--config", str(cfg)])
     assert res.exit_code == 1 and "epochz" in res.output
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    """Issue 13, case 1: a train-cells run (with a foreign predict/) is left untouched."""
+    out = tmp_path / "run"
+    (out / "predict").mkdir(parents=True)
+    (out / "summary.json").write_text('{"best": {"epoch": 3}}')
+    (out / "predict" / "cell_scores.parquet").write_bytes(b"theirs")
+    before = sorted((p.relative_to(out), p.read_bytes() if p.is_file() else None) for p in out.rglob("*"))
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1"])
+    assert res.exit_code == 1 and "not made by 'hpacell demo'" in res.output
+    after = sorted((p.relative_to(out), p.read_bytes() if p.is_file() else None) for p in out.rglob("*"))
+    assert after == before
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path):
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("epochs: 1\ntrain_images: 10\nepochs: 5\n")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--config", str(cfg)])
+    assert res.exit_code == 1
+    assert "demo.yaml: invalid YAML: duplicate key 'epochs' (first on line 1)" in res.output
+    assert not (tmp_path / "d").exists()

@@ -117,3 +117,18 @@ def test_hpacellseg_with_standin_models(images, tmp_path):
     assert (table["backend"] == "hpacellseg").all() and (table["n_cells"] > 0).all()
     cells = read_mask(mask_paths(tmp_path / "out" / "masks", "synth-0000")[0])
     assert cells.shape == (192, 256)
+
+
+def test_bad_backend_option_is_one_line_naming_it(images, tmp_path):
+    res = invoke(images, "--out", tmp_path / "out", "-O", "pixel_scale=abc")
+    assert res.exit_code == 1
+    assert "error: segmentation option pixel_scale='abc' (backend builtin): expected a number" in res.output
+    assert "Traceback" not in res.output
+    res = invoke(images, "--out", tmp_path / "out", "-O", "pixel_sclae=0.5")
+    assert res.exit_code == 1 and "unknown segmentation option 'pixel_sclae'" in res.output
+
+
+def test_folder_without_image_sets_exits_1(tmp_path):
+    (tmp_path / "none").mkdir()
+    res = invoke(tmp_path / "none", "--out", tmp_path / "out")
+    assert res.exit_code == 1 and "no image sets found" in res.output

@@ -2,15 +2,17 @@
 
 Each cell of MASKS_DIR/<ID>_cellmask.png becomes a 4-channel (red, green, blue,
 yellow) uint8 crop of --size px, centred on its bounding box; the cells inherit
-their image's labels from --labels (2021 or 2018 CSV). A rerun resumes; failed
-images are recorded in CELLS/crop_status.parquet and make the exit code 1.
+their image's labels from --labels (2021 or 2018 CSV). A rerun with the same inputs
+and options resumes; other images, masks, labels or options are refused unless
+--overwrite (which recomputes). Failed images are recorded in
+CELLS/crop_status.parquet and make the exit code 1.
 """
 
 from __future__ import annotations
 
 import typer
 
-from hpacell.workflows.options import ImagesDir, Labels, Masks, OutDir, Taxonomy, Workers
+from hpacell.workflows.options import ImagesDir, Labels, Masks, OutDir, Overwrite, Taxonomy, Workers
 
 
 def command(
@@ -33,6 +35,7 @@ def command(
     taxonomy: Taxonomy = "hpa2021",
     shard_size: int = typer.Option(4096, "--shard-size", help="Crops per shard file."),
     workers: Workers = 1,
+    overwrite: Overwrite = False,
 ) -> None:
     import json
     import logging
@@ -57,6 +60,7 @@ def command(
         taxonomy=None if labels else taxonomy,
         workers=workers,
         shard_size=shard_size,
+        overwrite=overwrite,
     )
     report = {
         "images": summary.n_images,

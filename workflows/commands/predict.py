@@ -119,12 +119,12 @@ def command(
     if report:
         import pandas as pd
 
+        from hpacell.cellcrops.shards import recorded_source
         from hpacell.classifier.scoring.predict import CELL_SCORES, masks_from_meta
 
         meta = json.loads((cells / "meta.json").read_text())
-        src = meta.get("sources") or {}
         table = pd.read_parquet(out / CELL_SCORES)
-        imgs = images or (Path(src["images"]) if src.get("images") else None)
+        imgs = images or recorded_source(cells, "images")
         result["report"] = len(
             make_report(out, cells, table, meta["classes"], imgs, masks or masks_from_meta(cells))
         )

@@ -21,14 +21,14 @@ HPACELLSEG_ONLY = ("nuclei_model", "cell_model", "device", "batch_size")
 
 def _parse_options(pairs: list[str]) -> dict:
     """``KEY=VALUE`` strings → dict; values parsed as YAML (numbers, booleans, lists, mappings)."""
-    import yaml
+    from hpacell.workflows.config import parse_yaml
 
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--option expects KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else None
+        options[key.strip().replace("-", "_")] = parse_yaml(value, source=f"-O {pair}") if value else None
     return options
 
 
