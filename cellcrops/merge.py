@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from hpacell.utils.errors import InputError
-from hpacell.utils.files import atomic_file, atomic_write_bytes
+from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ def merge_cell_datasets(parts: Sequence[str | os.PathLike], out: str | os.PathLi
     dup = cells["cell_uid"].duplicated()
     if dup.any():
         raise InputError(f"cell {cells['cell_uid'][dup].iloc[0]!r} appears in more than one part")
-    with atomic_file(out / "cells.parquet") as tmp:
-        cells.to_parquet(tmp, index=False)
+    write_parquet(cells, out / "cells.parquet")
     meta = {**first, "n_cells": len(cells), "n_shards": len(shard_files), "shard_files": shard_files}
     meta["sources"] = {"parts": [os.path.relpath(p, out) for p in parts]}
     atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())

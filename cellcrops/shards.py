@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hpacell.cellcrops.crop import FEATURE_COLUMNS, GEOMETRY_COLUMNS, crop_cells
@@ -48,8 +47,9 @@ from hpacell.segmentation.io import (
     read_mask,
 )
 from hpacell.utils.errors import InputError
-from hpacell.utils.files import atomic_file, atomic_write_bytes, clean_stale_temps
+from hpacell.utils.files import atomic_write_bytes, clean_stale_temps
 from hpacell.utils.jobs import run_jobs
+from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -151,21 +151,6 @@ def _npy_header(n: int, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _labels_array(labels: list[list[int]]) -> pa.Array:
-    return pa.array(labels, type=pa.list_(pa.int64()))
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write a frame atomically; a ``labels`` column is stored as list<int64>."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    if "labels" in df.columns:
-        table = table.set_column(
-            table.schema.get_field_index("labels"), "labels", _labels_array(list(df["labels"]))
-        )
-    with atomic_file(path) as tmp:
-        pq.write_table(table, tmp)
-
-
 class ShardWriter:
     """Append crops to a temp ``.npy`` and commit it with its table and status parts.
 
@@ -225,9 +210,9 @@ class ShardWriter:
             self._file.close()
             os.replace(self._tmp, self.out / shard_name(k))
         status = pd.DataFrame(self.status, columns=list(STATUS_COLUMNS))
-        _write_parquet(status, self.parts / f"status-{k:05d}.parquet")
+        write_parquet(status, self.parts / f"status-{k:05d}.parquet")
         table = pd.concat(self.rows, ignore_index=True) if self.rows else _empty_table()
-        _write_parquet(table[list(TABLE_COLUMNS)], self.parts / f"shard-{k:05d}.parquet")
+        write_parquet(table[list(TABLE_COLUMNS)], self.parts / f"shard-{k:05d}.parquet")
         log.info("committed %s: %d cells, %d images", shard_name(k), self.n, len(self.status))
         self.index += 1
         self._reset()
@@ -436,10 +421,10 @@ def consolidate(out: Path, taxonomy: Taxonomy, options: CropOptions, sources: di
     dup = cells["cell_uid"].duplicated()
     if dup.any():
         raise InputError(f"{out}: duplicated cells in the parts, e.g. {cells['cell_uid'][dup].iloc[0]}")
-    _write_parquet(cells[list(TABLE_COLUMNS)], out / "cells.parquet")
+    write_parquet(cells[list(TABLE_COLUMNS)], out / "cells.parquet")
     status = _read_parts(out, "status", done)
     status = status.drop_duplicates("image_id", keep="last").sort_values("image_id", ignore_index=True)
-    _write_parquet(status, out / "crop_status.parquet")
+    write_parquet(status, out / "crop_status.parquet")
     meta = {
         "version": FORMAT_VERSION,
         "crop_size": options.size,

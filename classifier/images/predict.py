@@ -23,8 +23,6 @@ batched inference and flip TTA) over a :class:`hpacell.classifier.images.data.Im
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -49,6 +47,7 @@ from hpacell.classifier.scoring.predict import (
 )
 from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.tables import read_id_list, write_failures
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +83,6 @@ def labels_from_scores(scores: np.ndarray, thresholds: np.ndarray, taxonomy: Tax
     scores = np.asarray(scores, np.float64)
     out = label_images(scores, np.asarray(thresholds), taxonomy.negative)
     return [lab if lab else [int(np.argmax(s))] for lab, s in zip(out, scores, strict=True)]
-
-
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """IDs of a sample submission (first column ``ID`` or ``Id``) in file order; repeats are an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ID list not found")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or rows[0][0].strip() not in ("ID", "Id"):
-        raise InputError(f"{path}: expected a CSV whose first column is ID or Id")
-    ids = [r[0].strip() for r in rows[1:] if r and r[0].strip()]
-    seen: set[str] = set()
-    for i in ids:
-        if i in seen:
-            raise InputError(f"{path}: repeated ID {i!r}")
-        seen.add(i)
-    return ids
 
 
 def write_image_scores(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -> Path:
@@ -213,7 +194,7 @@ def predict_images(
         )
     sets = find_image_sets(images_dir)
     if ids_path is not None:
-        ids = read_id_list(ids_path)
+        ids = read_id_list(ids_path, repeats="error")
         missing = [i for i in ids if i not in sets]
         if missing:
             raise CheckpointError(
@@ -271,11 +252,7 @@ def predict_images(
     sub_ids = ids if ids_path is not None else done
     write_image_submission(out / SUBMISSION, sub_ids, [by_id.get(i, []) for i in sub_ids], tax)
     if failures:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["ID", "error"])
-        w.writerows(sorted(failures.items()))
-        atomic_write_bytes(out / "failures.csv", buf.getvalue().encode())
+        write_failures(out / "failures.csv", failures)
     summary = {
         "checkpoint": str(checkpoint),
         "taxonomy": tax.name,
