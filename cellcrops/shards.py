@@ -30,10 +30,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from hpacell.cellcrops.crop import FEATURE_COLUMNS, GEOMETRY_COLUMNS, crop_cells
 from hpacell.cellcrops.labels import HPA2021, LabelTable, Taxonomy, compare_ids, get_taxonomy, read_labels
@@ -49,6 +51,7 @@ from hpacell.segmentation.io import (
 from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_write_bytes, clean_stale_temps
 from hpacell.utils.jobs import run_jobs
+from hpacell.utils.options import Options
 from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
@@ -73,25 +76,29 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}.npy"
 
 
-@dataclass(frozen=True)
-class CropOptions:
-    """What each image's crops depend on (a rerun must use the same)."""
+class CropOptions(Options):
+    """What each image's crops depend on (a rerun must use the same); the keywords of
+    :func:`~hpacell.cellcrops.crop.crop_cells`.
 
-    size: int = 256
-    mask_background: bool = True
-    min_area: int = 0
-    drop_border_cells: bool = False
-    margin: int = 0
-    feature_size: int = 128
-    exact_area: bool = False
+    Examples
+    --------
+    >>> CropOptions(size=64).size
+    64
+    >>> CropOptions(size=4)
+    Traceback (most recent call last):
+    ...
+    hpacell.utils.options.OptionsError: invalid crop options: size: Input should be greater than or equal to 8
+    """
 
-    def __post_init__(self) -> None:
-        if self.size < 8:
-            raise InputError(f"crop size must be >= 8, got {self.size}")
-        if self.feature_size < 16:
-            raise InputError(f"feature size must be >= 16, got {self.feature_size}")
-        if self.margin < 0 or self.min_area < 0:
-            raise InputError("margin and min_area must be >= 0")
+    what: ClassVar[str] = "crop options"
+
+    size: int = Field(256, ge=8, description="crop side in pixels")
+    mask_background: bool = Field(True, description="zero the pixels outside the cell")
+    min_area: int = Field(0, ge=0, description="drop cells with fewer pixels")
+    drop_border_cells: bool = Field(False, description="drop cells touching the image border")
+    margin: int = Field(0, ge=0, description="extra pixels around each cell's square box")
+    feature_size: int = Field(128, ge=16, description="side of the crops features are computed on")
+    exact_area: bool = Field(False, description="downscale with one INTER_AREA call (slower)")
 
 
 @dataclass(frozen=True)
@@ -128,19 +135,7 @@ def process_image(item: CropItem) -> tuple[np.ndarray, pd.DataFrame]:
             raise ImageSetError(f"{path}: mask size {m.shape[1]}x{m.shape[0]} != image size {w}x{h}")
     if not cellmask.any():
         raise ImageSetError(f"{item.cellmask}: empty mask (no cells)")
-    o = item.options
-    return crop_cells(
-        image,
-        cellmask,
-        nucleimask,
-        size=o.size,
-        mask_background=o.mask_background,
-        min_area=o.min_area,
-        drop_border_cells=o.drop_border_cells,
-        margin=o.margin,
-        feature_size=o.feature_size,
-        exact_area=o.exact_area,
-    )
+    return crop_cells(image, cellmask, nucleimask, **item.options.model_dump())
 
 
 # --------------------------------------------------------------------------- shard writer
@@ -341,7 +336,7 @@ def build_cell_dataset(
     n_tmp = clean_stale_temps(out) + clean_stale_temps(out / "parts")
     if n_tmp:
         log.warning("removed %d temp files of an interrupted run in %s", n_tmp, out)
-    _check_options(out, {**asdict(options), "taxonomy": tax.name})
+    _check_options(out, {**options.model_dump(), "taxonomy": tax.name})
 
     sets = find_image_sets(images_dir)
     mask_ids = {p.name[: -len(CELLMASK_SUFFIX)] for p in masks_dir.glob(f"*{CELLMASK_SUFFIX}")}
@@ -435,7 +430,7 @@ def consolidate(out: Path, taxonomy: Taxonomy, options: CropOptions, sources: di
         "n_cells": len(cells),
         "n_shards": int(cells["shard"].nunique()) if len(cells) else 0,
         "feature_columns": list(FEATURE_COLUMNS),
-        "options": asdict(options),
+        "options": options.model_dump(),
         "sources": sources,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
