@@ -24,6 +24,7 @@ _EXPORTS = {
     "get_taxonomy": ".labels",
     "read_labels": ".labels",
     "write_labels": ".labels",
+    "SynthOptions": ".synth",
     "make_synth_dataset": ".synth",
     "synth_image": ".synth",
 }

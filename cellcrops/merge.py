@@ -22,8 +22,9 @@ import pandas as pd
 from hpacell.cellcrops.shards import recorded_source
 from hpacell.segmentation.io import CELLMASK_SUFFIX
 from hpacell.utils.errors import InputError
-from hpacell.utils.files import atomic_file, atomic_write_bytes
+from hpacell.utils.files import atomic_write_bytes
 from hpacell.utils.outputs import claim_folder, record_path
+from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,7 @@ def merge_cell_datasets(parts: Sequence[str | os.PathLike], out: str | os.PathLi
             shard_files.append(record_path(_shard_file(part, meta, int(k)), out))
         table["shard"] = table["shard"].map(remap).astype("int64")
     cells = pd.concat(tables, ignore_index=True)
-    with atomic_file(out / "cells.parquet") as tmp:
-        cells.to_parquet(tmp, index=False)
+    write_parquet(cells, out / "cells.parquet")
     meta = {**metas[0], "n_cells": len(cells), "n_shards": len(shard_files), "shard_files": shard_files}
     meta["sources"] = {"parts": [record_path(p, out) for p in parts]}
     if len(masks) == 1:

@@ -30,11 +30,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from hpacell.cellcrops.crop import FEATURE_COLUMNS, GEOMETRY_COLUMNS, crop_cells
 from hpacell.cellcrops.labels import HPA2021, LabelTable, Taxonomy, compare_ids, get_taxonomy, read_labels
@@ -48,8 +49,9 @@ from hpacell.segmentation.io import (
     read_mask,
 )
 from hpacell.utils.errors import InputError
-from hpacell.utils.files import atomic_file, atomic_write_bytes, clean_stale_temps
+from hpacell.utils.files import atomic_write_bytes, clean_stale_temps
 from hpacell.utils.jobs import run_jobs
+from hpacell.utils.options import Options
 from hpacell.utils.outputs import (
     check_stamp,
     claim_folder,
@@ -60,6 +62,7 @@ from hpacell.utils.outputs import (
     resolve_path,
     write_stamp,
 )
+from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +86,29 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}.npy"
 
 
-@dataclass(frozen=True)
-class CropOptions:
-    """What each image's crops depend on (a rerun must use the same)."""
+class CropOptions(Options):
+    """What each image's crops depend on (a rerun must use the same); the keywords of
+    :func:`~hpacell.cellcrops.crop.crop_cells`.
 
-    size: int = 256
-    mask_background: bool = True
-    min_area: int = 0
-    drop_border_cells: bool = False
-    margin: int = 0
-    feature_size: int = 128
-    exact_area: bool = False
+    Examples
+    --------
+    >>> CropOptions(size=64).size
+    64
+    >>> CropOptions(size=4)
+    Traceback (most recent call last):
+    ...
+    hpacell.utils.options.OptionsError: invalid crop options: size: Input should be greater than or equal to 8
+    """
 
-    def __post_init__(self) -> None:
-        if self.size < 8:
-            raise InputError(f"crop size must be >= 8, got {self.size}")
-        if self.feature_size < 16:
-            raise InputError(f"feature size must be >= 16, got {self.feature_size}")
-        if self.margin < 0 or self.min_area < 0:
-            raise InputError("margin and min_area must be >= 0")
+    what: ClassVar[str] = "crop options"
+
+    size: int = Field(256, ge=8, description="crop side in pixels")
+    mask_background: bool = Field(True, description="zero the pixels outside the cell")
+    min_area: int = Field(0, ge=0, description="drop cells with fewer pixels")
+    drop_border_cells: bool = Field(False, description="drop cells touching the image border")
+    margin: int = Field(0, ge=0, description="extra pixels around each cell's square box")
+    feature_size: int = Field(128, ge=16, description="side of the crops features are computed on")
+    exact_area: bool = Field(False, description="downscale with one INTER_AREA call (slower)")
 
 
 @dataclass(frozen=True)
@@ -139,19 +146,7 @@ def process_image(item: CropItem) -> tuple[np.ndarray, pd.DataFrame]:
     for path, m in ((item.cellmask, cellmask), (item.nucleimask, nucleimask)):
         if m is not None and m.shape != (h, w):
             raise ImageSetError(f"{path}: mask size {m.shape[1]}x{m.shape[0]} != image size {w}x{h}")
-    o = item.options
-    return crop_cells(
-        image,
-        cellmask,
-        nucleimask,
-        size=o.size,
-        mask_background=o.mask_background,
-        min_area=o.min_area,
-        drop_border_cells=o.drop_border_cells,
-        margin=o.margin,
-        feature_size=o.feature_size,
-        exact_area=o.exact_area,
-    )
+    return crop_cells(image, cellmask, nucleimask, **item.options.model_dump())
 
 
 # --------------------------------------------------------------------------- shard writer
@@ -160,21 +155,6 @@ def _npy_header(n: int, size: int) -> bytes:
     d = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
     np.lib.format.write_array_header_1_0(buf, {**d, "shape": (n, len(CHANNELS), size, size)})
     return buf.getvalue()
-
-
-def _labels_array(labels: list[list[int]]) -> pa.Array:
-    return pa.array(labels, type=pa.list_(pa.int64()))
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write a frame atomically; a ``labels`` column is stored as list<int64>."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    if "labels" in df.columns:
-        table = table.set_column(
-            table.schema.get_field_index("labels"), "labels", _labels_array(list(df["labels"]))
-        )
-    with atomic_file(path) as tmp:
-        pq.write_table(table, tmp)
 
 
 class ShardWriter:
@@ -236,9 +216,9 @@ class ShardWriter:
             self._file.close()
             os.replace(self._tmp, self.out / shard_name(k))
         status = pd.DataFrame(self.status, columns=list(STATUS_COLUMNS))
-        _write_parquet(status, self.parts / f"status-{k:05d}.parquet")
+        write_parquet(status, self.parts / f"status-{k:05d}.parquet")
         table = pd.concat(self.rows, ignore_index=True) if self.rows else _empty_table()
-        _write_parquet(table[list(TABLE_COLUMNS)], self.parts / f"shard-{k:05d}.parquet")
+        write_parquet(table[list(TABLE_COLUMNS)], self.parts / f"shard-{k:05d}.parquet")
         log.info("committed %s: %d cells, %d images", shard_name(k), self.n, len(self.status))
         self.index += 1
         self._reset()
@@ -440,7 +420,7 @@ def build_cell_dataset(
     if n_tmp:
         log.warning("removed %d temp files of an interrupted run in %s", n_tmp, out)
     stamp = {
-        **asdict(options),
+        **options.model_dump(),
         "taxonomy": tax.name,
         "images": os.path.abspath(images_dir),
         "masks": os.path.abspath(masks_dir),
@@ -522,10 +502,10 @@ def consolidate(out: Path, taxonomy: Taxonomy, options: CropOptions, sources: di
     dup = cells["cell_uid"].duplicated()
     if dup.any():
         raise InputError(f"{out}: duplicated cells in the parts, e.g. {cells['cell_uid'][dup].iloc[0]}")
-    _write_parquet(cells[list(TABLE_COLUMNS)], out / "cells.parquet")
+    write_parquet(cells[list(TABLE_COLUMNS)], out / "cells.parquet")
     status = _read_parts(out, "status", done)
     status = status.drop_duplicates("image_id", keep="last").sort_values("image_id", ignore_index=True)
-    _write_parquet(status, out / "crop_status.parquet")
+    write_parquet(status, out / "crop_status.parquet")
     meta = {
         "version": FORMAT_VERSION,
         "crop_size": options.size,
@@ -536,7 +516,7 @@ def consolidate(out: Path, taxonomy: Taxonomy, options: CropOptions, sources: di
         "n_cells": len(cells),
         "n_shards": int(cells["shard"].nunique()) if len(cells) else 0,
         "feature_columns": list(FEATURE_COLUMNS),
-        "options": asdict(options),
+        "options": options.model_dump(),
         "sources": sources,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -46,9 +46,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 from scipy import ndimage as ndi
 
 from hpacell.cellcrops.labels import HPA2021, format_labels, write_labels
@@ -56,6 +58,7 @@ from hpacell.cellcrops.synth_patterns import PATTERNS, CellGeometry, radial_fila
 from hpacell.segmentation.io import CHANNELS, mask_paths, write_mask, write_png
 from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.options import Options
 from hpacell.utils.outputs import check_stamp, claim_folder
 
 log = logging.getLogger(__name__)
@@ -447,17 +450,30 @@ def image_id(index: int) -> str:
     return f"synth-{index:04d}"
 
 
-def _write_one(job: tuple) -> tuple[str, dict[int, list[int]]]:
-    out, index, params = job
-    rng = image_rng(params["seed"], index)
+class SynthOptions(Options):
+    """What the synthetic images depend on (``OUT/synth.json`` records them with the version)."""
+
+    what: ClassVar[str] = "synth options"
+
+    seed: int = Field(0, description="random seed; image i is drawn from SeedSequence([seed, i])")
+    size: int = Field(512, ge=16, description="image width in pixels")
+    height: int = Field(512, ge=16, description="image height in pixels")
+    bit_depth: Literal[8, 16] = Field(8, description="8, or 16 (uint16 PNG holding 12-bit values)")
+    weak_share: float = Field(0.3, ge=0.0, le=1.0, description="share of weakened cells")
+    negative_share: float = Field(0.08, ge=0.0, le=1.0, description="share of all-Negative images")
+    cell_scale: float = Field(1.0, gt=0.0, description="cell size factor (1.0: nuclei ~90-150 px)")
+
+
+def _write_one(job: tuple[Path, int, SynthOptions]) -> tuple[str, dict[int, list[int]]]:
+    out, index, o = job
     img, cells, nuclei, truth = synth_image(
-        rng,
-        params["size"],
-        params["height"],
-        cell_scale=params["cell_scale"],
-        bit_depth=params["bit_depth"],
-        weak_share=params["weak_share"],
-        negative_share=params["negative_share"],
+        image_rng(o.seed, index),
+        o.size,
+        o.height,
+        cell_scale=o.cell_scale,
+        bit_depth=o.bit_depth,
+        weak_share=o.weak_share,
+        negative_share=o.negative_share,
     )
     iid = image_id(index)
     for ch, plane in zip(CHANNELS, img, strict=True):
@@ -516,19 +532,17 @@ def make_synth_dataset(
 
     if n_images < 1:
         raise InputError(f"n_images must be >= 1, got {n_images}")
-    if bit_depth not in (8, 16):
-        raise InputError(f"bit_depth must be 8 or 16, got {bit_depth}")
     out = Path(out)
-    params = {
-        "version": SYNTH_VERSION,
-        "seed": int(seed),
-        "size": int(size),
-        "height": int(height or size),
-        "bit_depth": int(bit_depth),
-        "weak_share": float(weak_share),
-        "negative_share": float(negative_share),
-        "cell_scale": float(cell_scale),
-    }
+    options = SynthOptions(
+        seed=seed,
+        size=size,
+        height=height or size,
+        bit_depth=bit_depth,
+        weak_share=weak_share,
+        negative_share=negative_share,
+        cell_scale=cell_scale,
+    )
+    params = {"version": SYNTH_VERSION, **options.model_dump()}
     meta_path = out / "synth.json"
     # Only into a folder made by synth (synth.json marks those made before markers existed);
     # a user's folder with a train.csv or masks/ of its own is refused.
@@ -552,7 +566,9 @@ def make_synth_dataset(
     t0 = time.perf_counter()
     truth = {iid: old_truth[iid] for iid in ids if iid in old_truth}
     failures = []
-    for res in run_jobs(_write_one, [(out, i, params) for i in todo], workers=workers, desc="synth"):
+    for res in run_jobs(
+        _write_one, [(out, i, options) for i in todo], workers=workers, desc="synth", total=len(todo)
+    ):
         if res.error is not None:
             failures.append(res)
             continue

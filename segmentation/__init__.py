@@ -22,7 +22,7 @@ _EXPORTS = {
     "Backend": ".backends",
     "get_backend": ".backends",
     "segment_folder": ".batch",
-    "read_id_list": ".batch",
+    "read_id_list": "hpacell.utils.tables",
     "read_status_table": ".batch",
     "segmentation_scores": ".matching",
     "match_instances": ".matching",

@@ -47,8 +47,8 @@ from hpacell.segmentation.io import (
     write_png,
 )
 from hpacell.utils.errors import InputError
-from hpacell.utils.files import atomic_file
 from hpacell.utils.jobs import JobResult, run_jobs
+from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +66,6 @@ OVERLAY_MAX_SIDE = 1024
 
 
 # --------------------------------------------------------------------------- small helpers
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """IDs from a text file (one per line; blank lines and ``#`` comments ignored) or a CSV
-    with an ``ID`` or ``Id`` column (a label table works).
-
-    Raises
-    ------
-    ValueError
-        For a CSV without an ID column (the message names the file).
-    """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first ID
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    if path.suffix.lower() == ".csv" or "," in first:
-        table = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
-        col = next((c for c in ("ID", "Id", "id") if c in table.columns), None)
-        if col is None:
-            raise InputError(f"{path}: CSV has no ID/Id column (columns: {list(table.columns)})")
-        ids = table[col].dropna().str.strip().tolist()
-    else:
-        ids = [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
-    return list(dict.fromkeys(ids))  # unique, order kept
-
-
 def _clean_temps(folder: Path, names: set[str]) -> int:
     """Remove ``.<name>.<random>.tmp`` files (left by killed writers) for the given final names."""
     if not folder.is_dir():
@@ -312,8 +289,7 @@ def _write_table(rows: Iterable[dict[str, Any]], previous: pd.DataFrame, path: P
     kept = previous[~previous["ID"].isin(set(new["ID"]))]
     merged = pd.concat([kept, new], ignore_index=True) if len(kept) else new
     merged = merged.sort_values("ID", kind="stable").reset_index(drop=True)
-    with atomic_file(path) as tmp:
-        merged.to_parquet(tmp, index=False)
+    write_parquet(merged, path)
     return merged
 
 

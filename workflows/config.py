@@ -16,6 +16,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hpacell.utils.errors import HpacellError
+from hpacell.utils.options import validation_message
+
+__all__ = [
+    "ConfigError",
+    "StrictModel",
+    "load_config",
+    "resolve_run_config",
+    "save_config",
+    "validation_message",
+]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -137,15 +147,6 @@ def resolve_run_config(
     if check_new_run and (out / "last.pt").exists() and not resume:
         raise ConfigError(f"{out / 'last.pt'} exists: pass --resume or choose another --out")
     return cfg
-
-
-def validation_message(error: ValidationError) -> str:
-    """A pydantic validation error in one line: ``key: problem; key: problem``."""
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(x) for x in item.get("loc", ())) or "value"
-        parts.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "; ".join(parts)
 
 
 def save_config(config: BaseModel, path: str | os.PathLike) -> Path:

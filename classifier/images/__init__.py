@@ -7,6 +7,7 @@ _EXPORTS = {
     "ImageDataset": ".data",
     "build_image_data": ".data",
     "train_images": ".train",
+    "PredictImagesConfig": ".predict",
     "predict_images": ".predict",
     "validation_report": ".predict",
 }

@@ -23,8 +23,6 @@ batched inference and flip TTA) over a :class:`hpacell.classifier.images.data.Im
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 
 from hpacell.cellcrops.labels import Taxonomy, get_taxonomy, write_labels
@@ -49,6 +48,7 @@ from hpacell.classifier.scoring.predict import (
 )
 from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.tables import read_id_list, write_failures
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +84,6 @@ def labels_from_scores(scores: np.ndarray, thresholds: np.ndarray, taxonomy: Tax
     scores = np.asarray(scores, np.float64)
     out = label_images(scores, np.asarray(thresholds), taxonomy.negative)
     return [lab if lab else [int(np.argmax(s))] for lab, s in zip(out, scores, strict=True)]
-
-
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """IDs of a sample submission (first column ``ID`` or ``Id``) in file order; repeats are an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ID list not found")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or rows[0][0].strip() not in ("ID", "Id"):
-        raise InputError(f"{path}: expected a CSV whose first column is ID or Id")
-    ids = [r[0].strip() for r in rows[1:] if r and r[0].strip()]
-    seen: set[str] = set()
-    for i in ids:
-        if i in seen:
-            raise InputError(f"{path}: repeated ID {i!r}")
-        seen.add(i)
-    return ids
 
 
 def write_image_scores(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -> Path:
@@ -175,26 +157,42 @@ def validation_report(
     return report
 
 
+class PredictImagesConfig(BaseModel):
+    """Options of ``hpacell predict-images`` (strict: unknown keys are errors).
+
+    Examples
+    --------
+    >>> PredictImagesConfig(tta=True).batch_size
+    32
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    tta: bool = Field(False, description="average over the image and its horizontal and vertical flips")
+    threshold: float | None = Field(None, ge=0, le=1, description="one threshold for all classes")
+    batch_size: int = Field(32, ge=1)
+    num_workers: int | None = Field(None, ge=0, description="DataLoader workers (default: CPU-based)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    cache_dir: str | None = Field(None, description="use/fill a downsized-image cache (e.g. RUN/cache)")
+    cache_workers: int = Field(1, ge=1, description="processes building the cache")
+
+
 def predict_images(
     checkpoint: str | os.PathLike,
     images_dir: str | os.PathLike,
     out: str | os.PathLike,
+    config: PredictImagesConfig | None = None,
     *,
     ids_path: str | os.PathLike | None = None,
-    tta: bool = False,
-    threshold: float | None = None,
-    batch_size: int = 32,
-    num_workers: int | None = None,
-    device: str = "auto",
-    cache_dir: str | os.PathLike | None = None,
-    cache_workers: int = 1,
 ) -> dict[str, Any]:
     """The whole of ``hpacell predict-images``; returns a summary (also ``PRED/summary.json``).
 
     Images are read and downsized on the fly in DataLoader workers, or through
-    the cache of :func:`hpacell.classifier.images.data.build_cache` when ``cache_dir`` is given
-    (e.g. the training run's ``RUN/cache``).
+    the cache of :func:`hpacell.classifier.images.data.build_cache` when ``config.cache_dir`` is
+    given (e.g. the training run's ``RUN/cache``). ``ids_path`` (an ID list, e.g. a sample
+    submission) fixes the rows and their order of ``submission.csv``; each ID needs an image.
     """
+    cfg = config or PredictImagesConfig()
     from hpacell.classifier.images.data import ChannelTransform, ImageDataset, build_cache, load_image
     from hpacell.classifier.model import load_checkpoint
     from hpacell.classifier.scoring.predict import resolve_device
@@ -202,7 +200,7 @@ def predict_images(
     from hpacell.segmentation.io import find_image_sets
 
     out = Path(out)
-    dev = resolve_device(device)
+    dev = resolve_device(cfg.device)
     model, ckpt = load_checkpoint(checkpoint, dev)
     tax = get_taxonomy(ckpt.get("taxonomy", "hpa2021"))
     channels = list(ckpt["config"].get("channels") or ["red", "green", "blue", "yellow"])
@@ -213,7 +211,7 @@ def predict_images(
         )
     sets = find_image_sets(images_dir)
     if ids_path is not None:
-        ids = read_id_list(ids_path)
+        ids = read_id_list(ids_path, repeats="error")
         missing = [i for i in ids if i not in sets]
         if missing:
             raise CheckpointError(
@@ -225,8 +223,8 @@ def predict_images(
         raise InputError(f"{images_dir}: no image sets found")
     transform = ChannelTransform(eval_transform(size), channels)
     failures: dict[str, str] = {}
-    if cache_dir is not None:
-        folder, failures = build_cache(sets, ids, cache_dir, size, channels, cache_workers)
+    if cfg.cache_dir is not None:
+        folder, failures = build_cache(sets, ids, cfg.cache_dir, size, channels, cfg.cache_workers)
         todo = [i for i in ids if i not in failures]
         ds = ImageDataset(todo, n_classes=len(ckpt["classes"]), cache=folder, transform=transform)
     else:
@@ -240,16 +238,18 @@ def predict_images(
             transform=transform,
             safe=True,
         )
-    workers = default_workers() if num_workers is None else num_workers
+    workers = default_workers() if cfg.num_workers is None else cfg.num_workers
     log.info(
         "scoring %d images (%d px, %s) on %s, tta=%s",
         len(ds),
         size,
         "".join(c[0] for c in channels),
         dev,
-        tta,
+        cfg.tta,
     )
-    probs, ok = score_images(model, ds, batch_size=batch_size, num_workers=workers, device=dev, tta=tta)
+    probs, ok = score_images(
+        model, ds, batch_size=cfg.batch_size, num_workers=workers, device=dev, tta=cfg.tta
+    )
     for i in np.flatnonzero(~ok):  # find out why (rare): read again here
         try:
             load_image(sets[todo[i]], size, channels)
@@ -261,8 +261,8 @@ def predict_images(
 
     C = probs.shape[1]
     thresholds = np.asarray(ckpt.get("thresholds") or [0.5] * C, np.float64)
-    if threshold is not None:
-        thresholds = np.full(C, float(threshold))
+    if cfg.threshold is not None:
+        thresholds = np.full(C, float(cfg.threshold))
     out.mkdir(parents=True, exist_ok=True)
     write_image_scores(out / IMAGE_SCORES, done, probs)
     labels = labels_from_scores(probs, thresholds, tax)
@@ -271,17 +271,13 @@ def predict_images(
     sub_ids = ids if ids_path is not None else done
     write_image_submission(out / SUBMISSION, sub_ids, [by_id.get(i, []) for i in sub_ids], tax)
     if failures:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["ID", "error"])
-        w.writerows(sorted(failures.items()))
-        atomic_write_bytes(out / "failures.csv", buf.getvalue().encode())
+        write_failures(out / "failures.csv", failures)
     summary = {
         "checkpoint": str(checkpoint),
         "taxonomy": tax.name,
         "channels": channels,
         "size": size,
-        "tta": tta,
+        "tta": cfg.tta,
         "n_images": len(done),
         "n_failed": len(failures),
         "failures": failures,

@@ -17,6 +17,7 @@ from hpacell.classifier.images.data import ImageTrainConfig, build_image_data
 from hpacell.classifier.images.predict import validation_report
 from hpacell.classifier.training.train import fit, resolve_device
 from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.tables import write_failures
 
 __all__ = ["train_images"]
 
@@ -40,8 +41,7 @@ def train_images(
     data = build_image_data(images_dir, labels_path, config, cache_root)
     failures = data.info["failed_images"]
     if failures:
-        text = "ID,error\n" + "".join(f"{k},{json.dumps(v)}\n" for k, v in failures.items())
-        atomic_write_bytes(out / "failures.csv", text.encode())
+        write_failures(out / "failures.csv", failures)
     summary = fit(data, config, out, resume=resume)
     if not summary:  # a distributed rank other than 0: rank 0 writes the outputs
         return summary

@@ -59,7 +59,8 @@ from hpacell.cellcrops.labels import HPA2021, get_taxonomy, write_labels
 from hpacell.classifier.model import load_checkpoint, read_checkpoint
 from hpacell.classifier.scoring.build_submission import build_submission
 from hpacell.utils.errors import InputError
-from hpacell.utils.files import atomic_file, atomic_write_bytes
+from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -269,11 +270,6 @@ def blend(
 
 
 # --------------------------------------------------------------------------- the whole run
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    with atomic_file(path) as tmp:
-        df.to_parquet(tmp, index=False)
-
-
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_bytes(path, df.to_csv(index=False, float_format="%.6g").encode())
 
@@ -341,7 +337,7 @@ def run_predict(
         ckpt = read_checkpoint(checkpoint)
     else:
         table, ckpt = predict_table(checkpoint, cells_dir, config)
-        _write_parquet(table, scores_path)
+        write_parquet(table, scores_path)
     taxonomy = get_taxonomy(ckpt.get("taxonomy", HPA2021.name))
     n_out = sum(1 for c in table.columns if c.isdigit())
     probs = table[[str(c) for c in range(n_out)]].to_numpy(np.float32)
@@ -368,7 +364,7 @@ def run_predict(
         table = pd.concat(
             [table.drop(columns=[c for c in table.columns if c.startswith("conf_")]), blended], axis=1
         )
-        _write_parquet(table, scores_path)
+        write_parquet(table, scores_path)
     elif config.cell_power != 1.0:
         conf = conf**config.cell_power
 

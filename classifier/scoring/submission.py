@@ -33,6 +33,7 @@ import numpy as np
 from hpacell.classifier.scoring.rle import MaskInfo, mask_info
 from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.tables import read_id_table
 
 HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 
@@ -150,9 +151,34 @@ def write_submission(
 
 
 def read_ids(path: str | os.PathLike) -> tuple[list[str], dict[str, tuple[int, int]]]:
-    """IDs (in file order) and ``{ID: (width, height)}`` of a sample submission."""
-    subs = read_submission(path, parse_predictions=False)
-    return [s.image_id for s in subs], {s.image_id: (s.width, s.height) for s in subs}
+    """IDs (in file order) and ``{ID: (width, height)}`` of a sample submission.
+
+    Read by :func:`hpacell.utils.tables.read_id_table`, so any ID list works: sizes come from the
+    ``ImageWidth``/``ImageHeight`` columns when the file has them (a sample submission), else the
+    mapping is empty (the cell masks give the sizes).
+
+    Raises
+    ------
+    SubmissionError
+        For a repeated ID or a bad size (the message names the file and the ID).
+    """
+    try:
+        table = read_id_table(path, repeats="error")
+    except InputError as e:
+        raise SubmissionError(str(e)) from None
+    ids = table["ID"].tolist()
+    if not {"ImageWidth", "ImageHeight"} <= set(table.columns):
+        return ids, {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for image_id, w, h in zip(ids, table["ImageWidth"], table["ImageHeight"], strict=True):
+        try:
+            width, height = int(w), int(h)
+        except ValueError:
+            raise SubmissionError(f"{path}: image {image_id!r}: bad image size {w!r} x {h!r}") from None
+        if width <= 0 or height <= 0:
+            raise SubmissionError(f"{path}: image {image_id!r}: bad image size {width} x {height}")
+        sizes[image_id] = (width, height)
+    return ids, sizes
 
 
 def parse_prediction_string(text: str) -> tuple[list[int], list[float], list[str]]:

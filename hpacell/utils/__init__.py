@@ -1,4 +1,5 @@
-"""Plumbing shared by every stage: atomic files, the job runner, intensity scaling, pictures, errors.
+"""Plumbing shared by every stage: atomic files, the job runner, small tables
+(ID lists, failures, Parquet), intensity scaling, pictures, errors.
 
 Nothing here knows about cells or labels; each stage (:mod:`hpacell.segmentation`,
 :mod:`hpacell.cellcrops`, :mod:`hpacell.classifier`, :mod:`hpacell.workflows`) may import it.
@@ -23,6 +24,10 @@ _EXPORTS = {
     "draw_outlines": ".render",
     "side_by_side": ".render",
     "lazy_exports": ".lazy",
+    "read_id_list": ".tables",
+    "read_id_table": ".tables",
+    "write_failures": ".tables",
+    "write_parquet": ".tables",
     "claim_folder": ".outputs",
     "check_stamp": ".outputs",
     "write_stamp": ".outputs",

@@ -16,8 +16,9 @@ import pytest
 from standin_backend import BatchingBackend
 
 from hpacell.segmentation.backends import BACKENDS
-from hpacell.segmentation.batch import STATUS_COLUMNS, read_id_list, read_status_table, segment_folder
+from hpacell.segmentation.batch import STATUS_COLUMNS, read_status_table, segment_folder
 from hpacell.segmentation.io import CHANNELS, mask_paths, read_mask
+from hpacell.utils.tables import read_id_list
 
 HERE = Path(__file__).resolve().parent
 

@@ -36,7 +36,11 @@ def command(
     masks: Path = typer.Option(
         None, "--masks", "-m", help="Cell mask folder (<ID>_cellmask.png) for crops/submission."
     ),
-    ids: Path = typer.Option(None, "--ids", help="Sample submission: the IDs, order and sizes to write."),
+    ids: Path = typer.Option(
+        None,
+        "--ids",
+        help="ID list (e.g. the sample submission): the IDs and order to write (sizes: its or the masks).",
+    ),
     image_scores: Path = typer.Option(None, "--image-scores", help="Image-level scores CSV to blend with."),
     cell_power: float = typer.Option(
         None, "--cell-power", min=0.0, help="a in cell^a x image^b (default 1)."

@@ -38,21 +38,20 @@ def command(
     cache: Path = typer.Option(None, "--cache", help="Use/fill a downsized-image cache (e.g. RUN/cache)."),
     cache_workers: int = typer.Option(1, "--cache-workers", min=1, help="Processes building the cache."),
 ) -> None:
-    from hpacell.classifier.images.predict import predict_images
+    from hpacell.classifier.images.predict import PredictImagesConfig, predict_images
+    from hpacell.workflows.config import load_config
 
-    summary = predict_images(
-        checkpoint,
-        images,
-        out,
-        ids_path=ids,
+    cfg = load_config(
+        PredictImagesConfig,
         tta=tta,
         threshold=threshold,
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,
-        cache_dir=cache,
+        cache_dir=None if cache is None else str(cache),
         cache_workers=cache_workers,
     )
+    summary = predict_images(checkpoint, images, out, cfg, ids_path=ids)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k not in ("thresholds", "failures")}))
     if summary["n_failed"]:
         for k, v in summary["failures"].items():

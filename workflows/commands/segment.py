@@ -57,7 +57,8 @@ def command(
         [], "--option", "-O", help="Backend option KEY=VALUE (repeatable), e.g. -O pixel_scale=0.5."
     ),
 ) -> None:
-    from hpacell.segmentation.batch import read_id_list, segment_folder
+    from hpacell.segmentation.batch import segment_folder
+    from hpacell.utils.tables import read_id_list
 
     options = _parse_options(option)
     given = dict(nuclei_model=nuclei_model, cell_model=cell_model, device=device, batch_size=batch_size)
