@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from hpacell.cellcrops.labels import HPA2021, format_labels, write_labels
+from hpacell.cellcrops.labels import HPA2021, format_labels, read_cells_csv, write_labels
 from hpacell.cellcrops.synth_patterns import PATTERNS, CellGeometry, radial_filaments, reticulum, smooth_noise
 from hpacell.segmentation.io import CHANNELS, mask_paths, write_mask, write_png
 from hpacell.utils.errors import HpacellError, InputError
@@ -471,19 +471,6 @@ def _image_files(out: Path, iid: str) -> list[Path]:
     return [out / "images" / f"{iid}_{ch}.png" for ch in CHANNELS] + list(mask_paths(out / "masks", iid))
 
 
-def _read_cells_csv(path: Path) -> dict[str, dict[int, list[int]]]:
-    import csv
-
-    truth: dict[str, dict[int, list[int]]] = {}
-    if not path.is_file():
-        return truth
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            ks = [int(k) for k in row["Label"].split("|")]
-            truth.setdefault(row["ID"], {})[int(row["cell"])] = ks
-    return truth
-
-
 def make_synth_dataset(
     out: str | os.PathLike,
     n_images: int,
@@ -540,7 +527,7 @@ def make_synth_dataset(
                 "use overwrite=True (--overwrite) or another folder"
             )
         if old_params == params and not overwrite:
-            old_truth = _read_cells_csv(out / "cells.csv")
+            old_truth = read_cells_csv(out / "cells.csv") if (out / "cells.csv").is_file() else {}
     ids = [image_id(i) for i in range(n_images)]
     # remove images of an earlier, larger run of this tool (their names are ours)
     for folder in (out / "images", out / "masks"):
