@@ -17,29 +17,9 @@ from hpacell.classifier.training.train import train_cells
 CLASSES = ["a", "b", "c"]
 
 
-def make_cells(folder, n_img=12, per=4, size=32, seed=0):
-    """A crop-layout cell dataset; in every image the last cell shows no pattern (it lacks the label)."""
-    rng = np.random.default_rng(seed)
-    rows, crops, truth = [], [], ["ID,cell,Label"]
-    for i in range(n_img):
-        labels = [i % 3]
-        for c in range(1, per + 1):
-            crop = rng.integers(0, 30, (4, size, size), dtype=np.uint8)
-            shows = c < per
-            if shows:
-                crop[1, labels[0] * 10 : labels[0] * 10 + 10] = 220
-            crops.append(crop)
-            rows.append({"cell_uid": f"im{i}_{c}", "image_id": f"im{i}", "cell": c, "shard": 0})
-            rows[-1] |= {"row": len(rows) - 1, "labels": labels}
-            truth.append(f"im{i},{c},{labels[0] if shows else ''}")
-    folder.mkdir(parents=True)
-    np.save(folder / "shard-00000.npy", np.stack(crops))
-    pd.DataFrame(rows).to_parquet(folder / "cells.parquet")
-    meta = {"version": 1, "crop_size": size, "channels": ["red", "green", "blue", "yellow"], "taxonomy": "t"}
-    meta |= {"classes": CLASSES, "n_cells": len(rows)}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    (folder.parent / "truth.csv").write_text("\n".join(truth) + "\n")
-    return folder
+@pytest.fixture
+def make_cells(weak_cells):
+    return weak_cells
 
 
 def tiny_config(**kw):
@@ -155,7 +135,7 @@ def _losses(run):
     return [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_mil_training_runs_and_is_deterministic(tmp_path):
+def test_mil_training_runs_and_is_deterministic(tmp_path, make_cells):
     cells = make_cells(tmp_path / "cells")
     cfg = tiny_config(weak_loss="mil", mil_pool="topk")
     train_cells(cells, tmp_path / "a", cfg)
@@ -164,7 +144,7 @@ def test_mil_training_runs_and_is_deterministic(tmp_path):
     assert la == lb and np.isfinite(la).all()
 
 
-def test_relabel_writes_a_file_that_round_trips_and_is_reused(tmp_path):
+def test_relabel_writes_a_file_that_round_trips_and_is_reused(tmp_path, make_cells):
     cells = make_cells(tmp_path / "cells")
     cfg = tiny_config(refine_folds=2, refine_rule="soft")
     path = relabel(cells, tmp_path / "refine", cfg, rounds=1)
