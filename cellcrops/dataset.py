@@ -55,6 +55,9 @@ class CellDataset(Dataset):
         Applied to the ``(4, S, S)`` uint8 crop; its result is ``"image"``.
     feature_columns : list of str, optional
         Table columns returned as a float32 ``"features"`` vector.
+    targets : (N_total, C) array, optional
+        Training targets served as ``"labels"`` instead of the table's labels
+        (e.g. per-cell labels replacing those inherited from the image).
 
     Attributes
     ----------
@@ -78,6 +81,7 @@ class CellDataset(Dataset):
         rows: Sequence[int] | np.ndarray | None = None,
         transform: Callable[[np.ndarray], Any] | None = None,
         feature_columns: Sequence[str] | None = None,
+        targets: np.ndarray | None = None,
     ) -> None:
         self.cells_dir = Path(cells_dir)
         meta_path, table_path = self.cells_dir / "meta.json", self.cells_dir / "cells.parquet"
@@ -106,6 +110,11 @@ class CellDataset(Dataset):
         self._shard = self.table["shard"].to_numpy(np.int64)
         self._row = self.table["row"].to_numpy(np.int64)
         self._labels_f = self.labels.astype(np.float32)
+        if targets is not None:
+            targets = np.asarray(targets, np.float32)
+            if targets.shape != self.labels.shape:
+                raise ValueError(f"targets of shape {targets.shape}, expected {self.labels.shape}")
+            self._labels_f = targets
         self._maps: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:

@@ -285,3 +285,251 @@ def write_labels(
     lines = [f"{taxonomy.id_column},{taxonomy.label_column}"]
     lines += [f"{k},{format_labels(v, taxonomy)}" for k, v in labels.items()]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- per-cell labels
+CELLS_CSV_COLUMNS = ("ID", "cell", "Label")
+CELL_TARGET_KEYS = ("image_id", "cell")
+
+
+def _parse_cell(text: str, where: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise LabelError(f"{where}: cell {text!r} is not an integer cell id") from None
+
+
+def _read_cells_csv_rows(
+    path: Path, taxonomy: Taxonomy
+) -> tuple[list[str], list[int], list[list[int]], list[int]]:
+    """IDs, cells, label lists and row numbers (1 = header) of an ``ID,cell,Label`` table."""
+    ids: list[str] = []
+    cells: list[int] = []
+    labels: list[list[int]] = []
+    rownums: list[int] = []
+    seen: dict[tuple[str, int], int] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [c.strip() for c in next(reader, [])]
+        unknown = [c for c in header if c not in CELLS_CSV_COLUMNS]
+        missing = [c for c in CELLS_CSV_COLUMNS if c not in header]
+        if unknown or missing:
+            raise LabelError(
+                f"{path}: row 1: header {','.join(header)!r} is not ID,cell,Label"
+                + (f" (unknown column(s) {unknown})" if unknown else "")
+            )
+        at = {c: header.index(c) for c in CELLS_CSV_COLUMNS}
+        for rownum, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            where = f"{path}: row {rownum}"
+            if len(row) != len(header):
+                raise LabelError(f"{where}: expected {len(header)} columns, got {len(row)}: {row!r}")
+            image_id = row[at["ID"]].strip()
+            if not image_id:
+                raise LabelError(f"{where}: empty ID")
+            cell = _parse_cell(row[at["cell"]], where)
+            if (image_id, cell) in seen:
+                raise LabelError(
+                    f"{where}: duplicate cell {cell} of image {image_id!r} "
+                    f"(first in row {seen[image_id, cell]})"
+                )
+            seen[image_id, cell] = rownum
+            text = row[at["Label"]].strip()
+            try:
+                ks = parse_label_string(text, taxonomy) if text else []
+            except ValueError as e:
+                raise LabelError(f"{where} ({image_id} cell {cell}): {e}") from None
+            ids.append(image_id)
+            cells.append(cell)
+            labels.append(ks)
+            rownums.append(rownum)
+    return ids, cells, labels, rownums
+
+
+def read_cells_csv(path: str | os.PathLike, taxonomy: Taxonomy = HPA2021) -> dict[str, dict[int, list[int]]]:
+    """Per-cell labels of an ``ID,cell,Label`` table (``hpacell synth``'s ``cells.csv``).
+
+    The one reader of that format. An empty ``Label`` is a cell without any
+    class. Returns ``{ID: {cell: [class ids]}}`` in file order.
+
+    Raises
+    ------
+    LabelError
+        For another header, a malformed or duplicated row or a class id out of
+        range; the message names the file and the row (1 = header).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "cells.csv"
+    >>> _ = p.write_text("ID,cell,Label\\na,1,0|5\\na,2,18\\n")
+    >>> read_cells_csv(p)
+    {'a': {1: [0, 5], 2: [18]}}
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: cell label table not found (expected ID,cell,Label)")
+    out: dict[str, dict[int, list[int]]] = {}
+    for image_id, cell, ks, _ in zip(*_read_cells_csv_rows(path, taxonomy), strict=True):
+        out.setdefault(image_id, {})[cell] = ks
+    return out
+
+
+@dataclass
+class CellTargets:
+    """Per-cell training targets keyed by ``(image_id, cell)``; ``rows`` are the file's row numbers."""
+
+    path: Path
+    image_ids: list[str]
+    cells: np.ndarray  # (N,) int64
+    targets: np.ndarray  # (N, C) float32 in [0, 1]
+    rows: np.ndarray  # (N,) row numbers, for messages
+    soft: bool  # False for an ID,cell,Label table (0/1 targets)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def positions_in(self, image_ids: Sequence[str], cells: Sequence[int], where: str) -> np.ndarray:
+        """Position of every file row in a cell table given by ``image_ids``/``cells``.
+
+        Raises :class:`LabelError` naming the file and row for an image or a
+        cell that ``where`` (the table's name, for the message) does not hold.
+        """
+        index = {(str(i), int(c)): k for k, (i, c) in enumerate(zip(image_ids, cells, strict=True))}
+        images = {str(i) for i in image_ids}
+        pos = np.empty(len(self), dtype=np.int64)
+        for k, (image_id, cell) in enumerate(zip(self.image_ids, self.cells.tolist(), strict=True)):
+            p = index.get((image_id, cell))
+            if p is None:
+                what = (
+                    f"no cell {cell} in image {image_id!r}"
+                    if image_id in images
+                    else f"no image {image_id!r}"
+                )
+                raise LabelError(f"{self.path}: row {self.rows[k]}: {what} in {where}")
+            pos[k] = p
+        return pos
+
+
+def _class_columns(columns: Sequence[str], classes: Sequence[str], path: Path) -> list[str]:
+    """The file's column of each class (by name or by id), or a LabelError for unknown/missing ones."""
+    names = {str(c): k for k, c in enumerate(classes)} | {str(k): k for k in range(len(classes))}
+    extra = [c for c in columns if c not in CELL_TARGET_KEYS]
+    unknown = [c for c in extra if c not in names]
+    missing_keys = [c for c in CELL_TARGET_KEYS if c not in columns]
+    if unknown or missing_keys:
+        raise LabelError(
+            f"{path}: row 1: "
+            + (f"missing key column(s) {missing_keys}; " if missing_keys else "")
+            + (f"unknown column(s) {unknown}; " if unknown else "")
+            + f"expected image_id, cell and one column per class (names or ids 0..{len(classes) - 1}), "
+            "or ID,cell,Label"
+        )
+    by_class: dict[int, str] = {}
+    for c in extra:
+        if names[c] in by_class:
+            raise LabelError(f"{path}: row 1: columns {by_class[names[c]]!r} and {c!r} are the same class")
+        by_class[names[c]] = c
+    absent = [classes[k] for k in range(len(classes)) if k not in by_class]
+    if absent:
+        raise LabelError(f"{path}: row 1: no column for class(es) {absent}")
+    return [by_class[k] for k in range(len(classes))]
+
+
+def read_cell_targets(
+    path: str | os.PathLike, classes: Sequence[str], taxonomy: Taxonomy = HPA2021
+) -> CellTargets:
+    """Per-cell targets from an ``ID,cell,Label`` CSV or a soft-target table.
+
+    Parameters
+    ----------
+    path : path
+        ``ID,cell,Label`` CSV (``hpacell synth``'s ``cells.csv``; 0/1 targets), or
+        a Parquet/CSV with ``image_id``, ``cell`` and one column per class (named
+        by class name or id) holding targets in [0, 1], as ``hpacell relabel`` writes.
+    classes : sequence of str
+        The class names of the cell dataset (column order of the targets).
+
+    Raises
+    ------
+    LabelError
+        Unknown or missing columns, a malformed or duplicated row, a value
+        outside [0, 1]; the message names the file and the row.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: cell label file not found")
+    n = len(classes)
+    if path.suffix.lower() != ".parquet":
+        with open(path, newline="") as f:
+            header = [c.strip() for c in next(csv.reader(f), [])]
+        if "ID" in header or "Label" in header:
+            ids, cells, labels, rownums = _read_cells_csv_rows(path, taxonomy)
+            targets = np.zeros((len(ids), n), np.float32)
+            for i, ks in enumerate(labels):
+                if any(k >= n for k in ks):
+                    raise LabelError(f"{path}: row {rownums[i]}: class id out of range 0..{n - 1}")
+                targets[i, ks] = 1.0
+            return CellTargets(path, ids, np.asarray(cells, np.int64), targets, np.asarray(rownums), False)
+        table = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+        first = 2
+    else:
+        table = pd.read_parquet(path)
+        first = 1
+    cols = _class_columns([str(c) for c in table.columns], classes, path)
+    rows = np.arange(len(table)) + first
+    ids = table["image_id"].astype(str).str.strip().tolist()
+    cells = np.empty(len(table), np.int64)
+    for i, c in enumerate(table["cell"].tolist()):
+        cells[i] = _parse_cell(c, f"{path}: row {rows[i]}")
+    values = table[cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+    if bad.any():
+        i, k = np.argwhere(bad)[0]
+        raise LabelError(
+            f"{path}: row {rows[i]}: column {cols[k]!r} is {str(table[cols[k]].iloc[i])!r}, "
+            "not a number in [0, 1]"
+        )
+    seen: dict[tuple[str, int], int] = {}
+    for i, key in enumerate(zip(ids, cells.tolist(), strict=True)):
+        if not key[0]:
+            raise LabelError(f"{path}: row {rows[i]}: empty image_id")
+        if key in seen:
+            raise LabelError(
+                f"{path}: row {rows[i]}: duplicate cell {key[1]} of image {key[0]!r} "
+                f"(first in row {seen[key]})"
+            )
+        seen[key] = int(rows[i])
+    return CellTargets(path, ids, cells, values.astype(np.float32), rows, True)
+
+
+def write_cell_targets(
+    path: str | os.PathLike,
+    image_ids: Sequence[str],
+    cells: Sequence[int],
+    targets: np.ndarray,
+    classes: Sequence[str],
+) -> Path:
+    """Write soft per-cell targets (``image_id, cell, <one column per class name>``) as Parquet or CSV.
+
+    The format :func:`read_cell_targets` reads; ``.parquet`` by suffix, CSV otherwise (atomically).
+    """
+    import io
+
+    import pandas as pd
+
+    from hpacell.utils.files import atomic_write_bytes
+
+    path = Path(path)
+    df = pd.DataFrame({"image_id": [str(i) for i in image_ids], "cell": np.asarray(cells, np.int64)})
+    values = np.asarray(targets, np.float32)
+    df = pd.concat([df, pd.DataFrame(values, columns=[str(c) for c in classes])], axis=1)
+    buf = io.BytesIO()
+    if path.suffix.lower() == ".parquet":
+        df.to_parquet(buf, index=False)
+    else:
+        df.to_csv(buf, index=False, float_format="%.6g")
+    return atomic_write_bytes(path, buf.getvalue())

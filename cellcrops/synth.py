@@ -53,7 +53,7 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage as ndi
 
-from hpacell.cellcrops.labels import HPA2021, format_labels, write_labels
+from hpacell.cellcrops.labels import HPA2021, format_labels, read_cells_csv, write_labels
 from hpacell.cellcrops.synth_patterns import PATTERNS, CellGeometry, radial_filaments, reticulum, smooth_noise
 from hpacell.segmentation.io import CHANNELS, mask_paths, write_mask, write_png
 from hpacell.utils.errors import HpacellError, InputError
@@ -488,19 +488,6 @@ def _image_files(out: Path, iid: str) -> list[Path]:
     return [out / "images" / f"{iid}_{ch}.png" for ch in CHANNELS] + list(mask_paths(out / "masks", iid))
 
 
-def _read_cells_csv(path: Path) -> dict[str, dict[int, list[int]]]:
-    import csv
-
-    truth: dict[str, dict[int, list[int]]] = {}
-    if not path.is_file():
-        return truth
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            ks = [int(k) for k in row["Label"].split("|")]
-            truth.setdefault(row["ID"], {})[int(row["cell"])] = ks
-    return truth
-
-
 def make_synth_dataset(
     out: str | os.PathLike,
     n_images: int,
@@ -548,7 +535,9 @@ def make_synth_dataset(
     # a user's folder with a train.csv or masks/ of its own is refused.
     claim_folder(out, "synth", legacy=["synth.json"])
     same = check_stamp(meta_path, params, overwrite=overwrite, what="synthetic images")
-    old_truth: dict[str, dict[int, list[int]]] = _read_cells_csv(out / "cells.csv") if same else {}
+    old_truth: dict[str, dict[int, list[int]]] = (
+        read_cells_csv(out / "cells.csv") if same and (out / "cells.csv").is_file() else {}
+    )
     if not same:
         meta_path.unlink(missing_ok=True)  # written again when every image is done: a killed run redoes all
     ids = [image_id(i) for i in range(n_images)]

@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "crop",
     "merge-cells",
     "train-cells",
+    "relabel",
     "train-images",
     "predict",
     "predict-images",

@@ -111,3 +111,26 @@ def config_overrides(values: dict[str, Any], rename: dict[str, str] | None = Non
     return {
         rename.get(k, k): str(v) if isinstance(v, Path) else v for k, v in values.items() if v is not None
     }
+
+
+# --------------------------------------------------------------------------- weak supervision
+CellLabels = Annotated[
+    Path | None,
+    typer.Option(
+        "--cell-labels",
+        help="Per-cell targets replacing inherited labels: ID,cell,Label CSV (synth's cells.csv) or "
+        "image_id,cell,<one column per class> Parquet/CSV (hpacell relabel).",
+    ),
+]
+WeakLoss = Annotated[
+    str | None,
+    typer.Option("--weak-loss", help="inherit (per-cell BCE on image labels) or mil (pooled per image)."),
+]
+MilPool = Annotated[str | None, typer.Option("--mil-pool", help="MIL pooling: lse, topk, max or mean.")]
+RefineRounds = Annotated[
+    int | None, typer.Option("--refine-rounds", min=0, help="Label refinement rounds before training.")
+]
+RefineFolds = Annotated[
+    int | None, typer.Option("--refine-folds", min=2, help="Out-of-fold models per refinement round.")
+]
+RefineRule = Annotated[str | None, typer.Option("--refine-rule", help="hard or soft refined targets.")]

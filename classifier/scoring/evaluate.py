@@ -113,25 +113,22 @@ def read_truth_folder(folder: str | os.PathLike, taxonomy: Taxonomy = HPA2021) -
     table_path = folder / "cells.csv"
     if not table_path.is_file():
         raise TruthError(f"{table_path}: truth table not found (expected ID,cell,Label)")
-    table = pd.read_csv(table_path, dtype={"ID": str, "Label": str}, keep_default_na=False)
-    missing = {"ID", "cell", "Label"} - set(table.columns)
-    if missing:
-        raise TruthError(f"{table_path}: missing column(s) {sorted(missing)}")
+    from hpacell.cellcrops.labels import read_cells_csv
+
+    table = read_cells_csv(table_path, taxonomy)
     out = []
-    for image_id, rows in tqdm(table.groupby("ID", sort=True), desc="truth", disable=None):
+    for image_id, rows in tqdm(sorted(table.items()), desc="truth", disable=None):
         mask_path = folder / "masks" / f"{image_id}{CELLMASK_SUFFIX}"
         mask = read_mask(mask_path)
-        wanted = [int(c) for c in rows["cell"]]
+        wanted = list(rows)
         try:
             encoded = encode_mask_cells(mask, wanted)
         except KeyError as e:
             raise TruthError(f"{mask_path}: {e.args[0]} (listed in {table_path})") from None
         img = TruthImage(str(image_id), mask.shape[1], mask.shape[0])
-        for cell, label in zip(wanted, rows["Label"], strict=True):
+        for cell, label in rows.items():
             img.cells.append(cell)
-            img.labels.append(
-                _parse_cell_labels(label, f"{table_path}: image {image_id} cell {cell}", taxonomy)
-            )
+            img.labels.append(label)
             img.masks.append(encoded[cell])
         out.append(img)
     return out

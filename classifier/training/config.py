@@ -46,7 +46,9 @@ class TrainConfig(BaseModel):
     folds: int = Field(5, ge=2, description="K of the image-wise multilabel-stratified K-fold split")
     fold: int = Field(0, ge=0, description="which fold is the validation set")
     single_label_only: bool = Field(False, description="train on cells of single-label images only")
-    sampler: Literal["random", "oversample", "pk"] = "random"
+    sampler: Literal["random", "oversample", "pk", "image"] = Field(
+        "random", description="image: batches of whole images (always used by weak_loss=mil)"
+    )
     oversample_power: float = Field(0.5, ge=0.0, description="cell weight = max over its classes of freq^-p")
     pk_classes: int = Field(8, ge=1, description="P of the P x K sampler (classes per batch)")
     pk_samples: int = Field(4, ge=1, description="K of the P x K sampler (cells per class)")
@@ -60,6 +62,40 @@ class TrainConfig(BaseModel):
     triplet_lambda: float = Field(0.1, ge=0.0)
     triplet_margin: float = Field(0.3, ge=0.0)
     triplet_gather: bool = Field(True, description="DDP: mine triplets over the embeddings of all ranks")
+
+    # --- weak supervision (README: "Weak supervision")
+    cell_labels: str | None = Field(
+        None,
+        description="per-cell targets replacing the inherited labels of the cells listed: "
+        "ID,cell,Label CSV (synth's cells.csv) or image_id,cell,<one column per class> Parquet/CSV",
+    )
+    weak_loss: Literal["inherit", "mil"] = Field(
+        "inherit",
+        description="inherit: per-cell BCE on the targets; mil: per-cell BCE on the classes absent "
+        "from the image (certain negatives) + the image's classes on cells pooled per image",
+    )
+    mil_pool: Literal["lse", "topk", "max", "mean"] = Field("lse", description="pooling of an image's cells")
+    mil_r: float = Field(5.0, gt=0.0, description="LSE sharpness (large: max, small: mean)")
+    mil_topk: float = Field(0.5, gt=0.0, le=1.0, description="top-k mean pools this share of the cells")
+    mil_cell_weight: float = Field(
+        0.0, ge=0.0, description="weight of the per-cell BCE on the image's classes next to the pooled term"
+    )
+    mil_negative: Literal["ignore", "zero"] = Field(
+        "ignore",
+        description="Negative target of cells of positive images under mil: ignore (no loss; a cell may "
+        "show none of its image's patterns) or zero (as inherited)",
+    )
+    refine_rounds: int = Field(0, ge=0, description="label refinement rounds before training (0: none)")
+    refine_folds: int = Field(2, ge=2, description="K of the out-of-fold models scoring the cells")
+    refine_rule: Literal["hard", "soft"] = Field(
+        "hard",
+        description="hard: keep an image class where the cell's score >= threshold x the image's best "
+        "cell's score for it, else 0; soft: target = that ratio (clipped to 1)",
+    )
+    refine_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="ratio of the hard rule")
+    refine_negative: bool = Field(
+        True, description="a cell of a positive image keeping none of its image's classes becomes Negative"
+    )
 
     # --- optimisation
     epochs: int = Field(10, ge=1)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hpacell.classifier.training.config import TrainConfig
 from hpacell.classifier.training.samplers import (
+    ImageBatchSampler,
     OversampleSampler,
     PKBatchSampler,
     ShuffleSampler,
@@ -150,6 +151,13 @@ def make_train_loader(
     }
     if workers > 0:
         common["prefetch_factor"] = 4
+    if config.sampler == "image" or config.weak_loss == "mil":
+        groups = getattr(dataset, "groups", None)
+        if groups is None:
+            raise InputError("image-grouped batches (sampler=image, weak_loss=mil) need a cell dataset")
+        ibs = ImageBatchSampler(groups, config.batch_size, seed=config.seed, rank=rank, world_size=world_size)
+        ibs.set_epoch(epoch)
+        return DataLoader(dataset, batch_sampler=ibs, **common)
     if config.sampler == "pk":
         bs = PKBatchSampler(
             labels, config.pk_classes, config.pk_samples, seed=config.seed, rank=rank, world_size=world_size
@@ -199,6 +207,8 @@ class TrainData:
     val_truth_mask: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
     in_chans: int = 4  # channels of the model input (e.g. 1 for green-only images)
+    groups: np.ndarray | None = None  # image (int) of each position a batch's "index" holds (MIL loss)
+    negative: int | None = None  # the Negative class id of the taxonomy
 
 
 def read_cell_truth(path: str | os.PathLike, table, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,40 +216,51 @@ def read_cell_truth(path: str | os.PathLike, table, n_classes: int) -> tuple[np.
 
     Returns ``(labels (N, C) uint8, found (N,) bool)`` in the table's row order.
     """
-    import pandas as pd
+    from hpacell.cellcrops.labels import read_cells_csv
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: cell truth file not found")
-    truth = pd.read_csv(path, dtype={"ID": str, "Label": str})
-    missing = {"ID", "cell", "Label"} - set(truth.columns)
-    if missing:
-        raise InputError(f"{path}: missing columns {sorted(missing)} (expected ID,cell,Label)")
-    key = dict(
-        zip(zip(truth["ID"].astype(str), truth["cell"].astype(int), strict=True), truth["Label"], strict=True)
-    )
+    truth = read_cells_csv(path)
     out = np.zeros((len(table), n_classes), dtype=np.uint8)
     found = np.zeros(len(table), dtype=bool)
     for i, (img, cell) in enumerate(
         zip(table["image_id"].astype(str), table["cell"].astype(int), strict=True)
     ):
-        lab = key.get((img, cell))
-        if lab is None:
+        ks = truth.get(img, {}).get(cell)
+        if ks is None:
             continue
         found[i] = True
-        if isinstance(lab, str) and lab.strip():
-            for c in lab.replace(" ", "|").split("|"):
-                if c.strip():
-                    k = int(c)
-                    if not 0 <= k < n_classes:
-                        raise InputError(f"{path}: class {k} out of range for {n_classes} classes")
-                    out[i, k] = 1
+        for k in ks:
+            if not 0 <= k < n_classes:
+                raise InputError(f"{path}: class {k} out of range for {n_classes} classes")
+            out[i, k] = 1
     return out, found
+
+
+def apply_cell_labels(
+    path: str | os.PathLike, table, labels: np.ndarray, classes: list[str], where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replace the inherited labels of the cells listed in a per-cell label file.
+
+    Returns ``(targets (N, C) float32, given (N,) bool)`` in the table's row order; an
+    image or cell of the file that the table lacks is an error naming the file and row.
+    """
+    from hpacell.cellcrops.labels import read_cell_targets
+
+    ct = read_cell_targets(path, classes)
+    pos = ct.positions_in(table["image_id"].astype(str).tolist(), table["cell"].astype(int).tolist(), where)
+    targets = np.asarray(labels, np.float32).copy()
+    targets[pos] = ct.targets
+    given = np.zeros(len(table), bool)
+    given[pos] = True
+    return targets, given
 
 
 def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainData:
     """Split a ``hpacell crop`` folder by image and wrap both sides as ``CellDataset``."""
     from hpacell.cellcrops.dataset import CellDataset
+    from hpacell.cellcrops.labels import TAXONOMIES
     from hpacell.classifier.training.split import image_split
 
     probe = CellDataset(cells_dir)
@@ -255,17 +276,23 @@ def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainD
         train_rows = train_rows[labels[train_rows].sum(1) == 1]
         if len(train_rows) == 0:
             raise InputError(f"{cells_dir}: no training cell comes from a single-label image")
-    unlabelled = labels[train_rows].sum(1) == 0
+    targets, given = labels, np.zeros(len(table), bool)
+    if config.cell_labels:
+        where = str(Path(cells_dir) / "cells.parquet")
+        targets, given = apply_cell_labels(config.cell_labels, table, labels, list(probe.classes), where)
+    unlabelled = (labels[train_rows].sum(1) == 0) & ~given[train_rows]
     if unlabelled.any():
         log.info("dropping %d training cells without labels", int(unlabelled.sum()))
         train_rows = train_rows[~unlabelled]
     aug: Callable = TrainTransform(size, seed=config.seed) if config.augment else eval_transform(size)
-    train = CellDataset(cells_dir, rows=train_rows, transform=aug, feature_columns=feats or None)
+    train = CellDataset(
+        cells_dir, rows=train_rows, transform=aug, feature_columns=feats or None, targets=targets
+    )
     val = CellDataset(cells_dir, rows=val_rows, transform=eval_transform(size), feature_columns=feats or None)
     data = TrainData(
         train=train,
         val=val,
-        train_labels=labels[train_rows],
+        train_labels=targets[train_rows],
         val_labels=labels[val_rows],
         classes=list(probe.classes),
         taxonomy=str(probe.taxonomy),
@@ -278,8 +305,14 @@ def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainD
             "n_val_cells": len(val_rows),
             "n_train_images": int(table["image_id"].iloc[train_rows].nunique()),
             "n_val_images": int(table["image_id"].iloc[val_rows].nunique()),
+            "n_train_cells_with_cell_labels": int(given[train_rows].sum()),
         },
     )
+    image_codes = np.unique(table["image_id"].astype(str).to_numpy(), return_inverse=True)[1]
+    data.groups = image_codes
+    train.groups = image_codes[train_rows]  # image of each training position (image-grouped batches)
+    tax = TAXONOMIES.get(str(probe.taxonomy).lower())
+    data.negative = tax.negative if tax is not None else None
     if config.cell_truth:
         truth, found = read_cell_truth(config.cell_truth, table, len(data.classes))
         data.val_truth, data.val_truth_mask = truth[val_rows], found[val_rows]

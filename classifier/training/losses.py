@@ -4,6 +4,14 @@
   multi-label "cross-entropy"), optionally focal (``alpha``, ``gamma``) and
   with per-class positive weights ``max(1, ln(neg/pos))``.
 * Metric learning: batch-hard triplet loss on the L2-normalised embeddings.
+* Multiple-instance (``weak_loss="mil"``, :func:`mil_loss`): the image label
+  is exact about the classes an image lacks (every cell lacks them) but not
+  about which cells show the classes it has. So per-cell BCE only on the
+  certain entries (classes absent from the image = 0; all cells of a Negative
+  image = Negative), and for each class of a positive image one BCE of the
+  image's cells pooled (LSE, top-k mean, max or mean of their logits) against 1.
+  The Negative output of cells of positive images gets no loss
+  (``negative="ignore"``): such a cell may show none of its image's patterns.
 
 Multi-label triplet rule
 ------------------------
@@ -133,6 +141,98 @@ def triplet_loss(
     return loss[valid].mean()
 
 
+def pool_logits(z: torch.Tensor, how: str = "lse", r: float = 5.0, topk: float = 0.5) -> torch.Tensor:
+    """Pool ``(n, C)`` cell logits of one image into ``(C,)`` image logits.
+
+    ``lse``: ``log(mean(exp(r z))) / r`` (between mean and max); ``topk``: mean of the
+    ``ceil(topk n)`` largest; ``max``; ``mean``.
+
+    Examples
+    --------
+    >>> z = torch.tensor([[0.0], [2.0], [4.0]])
+    >>> [round(float(pool_logits(z, h)[0]), 3) for h in ("max", "mean", "topk")]
+    [4.0, 2.0, 3.0]
+    """
+    n = z.shape[0]
+    if how == "max":
+        return z.amax(0)
+    if how == "mean":
+        return z.mean(0)
+    if how == "topk":
+        k = max(1, min(n, math.ceil(topk * n)))
+        return z.topk(k, dim=0).values.mean(0)
+    if how == "lse":
+        return (torch.logsumexp(r * z, 0) - math.log(n)) / r
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+def mil_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    groups: torch.Tensor,
+    pool: str = "lse",
+    r: float = 5.0,
+    topk: float = 0.5,
+    cell_weight: float = 0.0,
+    negative: int | None = None,
+    negative_mode: str = "ignore",
+) -> dict[str, torch.Tensor]:
+    """Multiple-instance loss of a batch of whole images (module docstring).
+
+    Parameters
+    ----------
+    logits, targets : (B, C)
+        Cell logits and inherited (image) labels; an image's label is the union
+        of its cells' targets in the batch.
+    groups : (B,) int
+        Image of each cell.
+    cell_weight : float
+        Weight of a per-cell BCE on the image's classes (the inherited loss) next to the pooled term.
+    negative : int, optional
+        The Negative class id.
+
+    Returns the parts ``"cell"`` (certain entries), ``"mil"`` (pooled) and
+    ``"bce"`` (their sum), each normalised by ``B x C`` like :func:`bce_loss`.
+    Cells of an image count once per cell in the pooled term, so its scale matches the per-cell loss.
+    """
+    z = logits.float()
+    b, c = z.shape
+    _, g = torch.unique(groups, return_inverse=True)
+    n_img = int(g.max()) + 1 if b else 0
+    img = torch.zeros(n_img, c, dtype=z.dtype, device=z.device).index_add_(0, g, (targets > 0.5).to(z))
+    has = img[g] > 0  # (B, C): class of the cell's image
+    neg_img = torch.zeros(b, dtype=torch.bool, device=z.device)
+    if negative is not None:  # a Negative image: Negative and no other class
+        others = torch.ones(c, dtype=torch.bool, device=z.device)
+        others[negative] = False
+        neg_img = has[:, negative] & ~has[:, others].any(1)
+    weight = (~has).to(z)  # classes absent from the image: certain 0 for every cell
+    cell_t = torch.zeros_like(z)
+    if negative is not None:
+        weight[neg_img] = 1.0  # a Negative image: every cell is Negative, nothing else
+        cell_t[neg_img, negative] = 1.0
+        weight[~neg_img, negative] = 0.0 if negative_mode == "ignore" else 1.0
+    ce = F.binary_cross_entropy_with_logits(z, cell_t, reduction="none")
+    cell = (ce * weight).sum()
+    uncertain = has & ~neg_img[:, None]
+    if cell_weight > 0:
+        ones = F.binary_cross_entropy_with_logits(z, torch.ones_like(z), reduction="none")
+        cell = cell + cell_weight * (ones * uncertain).sum()
+    pooled_sum = z.new_zeros(())
+    for k in range(n_img):
+        rows = g == k
+        pos = uncertain[rows].any(0)
+        if not pos.any():
+            continue
+        zp = pool_logits(z[rows][:, pos], pool, r, topk)
+        bce = F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp), reduction="sum")
+        pooled_sum = pooled_sum + int(rows.sum()) * bce
+    norm = float(max(b * c, 1))
+    parts = {"cell": cell / norm, "mil": pooled_sum / norm}
+    parts["bce"] = parts["cell"] + parts["mil"]
+    return parts
+
+
 class CellLoss:
     """BCE/focal + ``lambda`` x triplet; returns a dict of the parts and ``"loss"``."""
 
@@ -145,14 +245,26 @@ class CellLoss:
         triplet_lambda: float = 0.0,
         margin: float = 0.3,
         gather: bool = False,
+        mil: dict | None = None,
+        groups: np.ndarray | None = None,
     ) -> None:
+        self.mil = mil
+        self.groups = None if groups is None else torch.as_tensor(np.asarray(groups), dtype=torch.long)
         self.pos_weight = pos_weight
         self.focal, self.alpha, self.gamma = focal, alpha, gamma
         self.triplet_lambda, self.margin, self.gather = triplet_lambda, margin, gather
 
-    def __call__(self, out: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        cls = bce_loss(out["logits"], targets, self.pos_weight, self.focal, self.alpha, self.gamma)
-        parts = {"bce": cls}
+    def __call__(
+        self, out: dict[str, torch.Tensor], targets: torch.Tensor, index: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``index``: dataset positions of the batch's cells (their images, for the MIL loss)."""
+        if self.mil is not None and self.groups is not None and index is not None:
+            groups = self.groups[index.cpu().long()].to(out["logits"].device)
+            parts = mil_loss(out["logits"], targets, groups, **self.mil)
+            cls = parts["bce"]
+        else:
+            cls = bce_loss(out["logits"], targets, self.pos_weight, self.focal, self.alpha, self.gamma)
+            parts = {"bce": cls}
         total = cls
         if self.triplet_lambda > 0:
             tri = triplet_loss(out["embedding"], targets, self.margin, self.gather)

@@ -117,6 +117,60 @@ class PKBatchSampler(_EpochSampler, Sampler[list[int]]):
             yield batch
 
 
+class ImageBatchSampler(_EpochSampler, Sampler[list[int]]):
+    """Batches of whole images (for the multiple-instance loss).
+
+    Images are shuffled per epoch and their cells packed into batches of at most
+    ``batch_size`` cells; an image with more cells contributes a random
+    ``batch_size`` of them. An epoch holds ``n_cells // (batch_size * world_size)``
+    batches per rank (packing continues over a new shuffle when one runs out),
+    so its length is the same every epoch. Images are sharded across ranks.
+
+    Examples
+    --------
+    >>> groups = np.repeat(np.arange(6), 3)
+    >>> batches = list(ImageBatchSampler(groups, batch_size=6))
+    >>> len(batches), all(len({int(groups[i]) for i in b}) == 2 for b in batches)
+    (3, True)
+    """
+
+    def __init__(
+        self, groups: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        super().__init__(seed, rank, world_size)
+        groups = np.asarray(groups)
+        _, inverse = np.unique(groups, return_inverse=True)
+        self.members = [
+            np.flatnonzero(inverse == k) for k in range(int(inverse.max()) + 1 if len(groups) else 0)
+        ]
+        if not self.members:
+            raise InputError("image batch sampler: no cells")
+        self.batch_size = batch_size
+        self.num_batches = max(1, len(groups) // (batch_size * world_size))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])  # the same image order on every rank
+        out = 0
+        batch: list[int] = []
+        while out < self.num_batches:
+            order = rng.permutation(len(self.members))
+            order = order[self.rank :: self.world_size] if len(order) >= self.world_size else order
+            for k in order:
+                cells = self.members[k]
+                if len(cells) > self.batch_size:
+                    cells = np.sort(rng.choice(cells, self.batch_size, replace=False))
+                if batch and len(batch) + len(cells) > self.batch_size:
+                    yield batch
+                    out += 1
+                    batch = []
+                    if out == self.num_batches:
+                        return
+                batch += cells.tolist()
+
+
 class ShuffleSampler(_EpochSampler, Sampler[int]):
     """A seeded permutation per epoch, sharded across ranks (drops the remainder)."""
 

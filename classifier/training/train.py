@@ -158,7 +158,22 @@ def build_loss(config: TrainConfig, data: TrainData, distributed: bool = False) 
         triplet_lambda=config.triplet_lambda,
         margin=config.triplet_margin,
         gather=config.triplet_gather and distributed,
+        mil=_mil_options(config, data),
+        groups=data.groups,
     )
+
+
+def _mil_options(config: TrainConfig, data: TrainData) -> dict[str, Any] | None:
+    if config.weak_loss != "mil":
+        return None
+    return {
+        "pool": config.mil_pool,
+        "r": config.mil_r,
+        "topk": config.mil_topk,
+        "cell_weight": config.mil_cell_weight,
+        "negative": data.negative,
+        "negative_mode": config.mil_negative,
+    }
 
 
 def make_optimizer(model: CellClassifier, config: TrainConfig, lr_scale: float = 1.0) -> torch.optim.AdamW:
@@ -248,7 +263,7 @@ def train_step_fn(model: nn.Module, loss_fn: CellLoss, device: torch.device, con
         b = _to_device(batch, device, cl)
         with _autocast(device, config):
             out = model(b["image"], b.get("features"))
-        return loss_fn(out, b["labels"])
+        return loss_fn(out, b["labels"], b.get("index"))
 
     return step
 
@@ -609,11 +624,18 @@ def train_cells(
     """Train the cell classifier on a cell dataset (``hpacell crop`` output); returns fit's summary.
 
     The library call behind ``hpacell train-cells``: :func:`build_cell_data`
-    (image-wise split, transforms, per-cell targets) then :func:`fit`.
+    (image-wise split, transforms, per-cell targets) then :func:`fit`; with
+    ``config.refine_rounds`` the targets are first refined into ``OUT/refine/``
+    (:func:`hpacell.classifier.training.refine.relabel`).
 
     Examples
     --------
     >>> summary = train_cells("run/cells", "run/cls", TrainConfig(model="resnet18"))  # doctest: +SKIP
     """
     config = config if config is not None else TrainConfig()
+    if config.refine_rounds > 0:  # label refinement first (README: "Weak supervision")
+        from hpacell.classifier.training.refine import relabel
+
+        labels = relabel(cells_dir, Path(out_dir) / "refine", config)
+        config = config.model_copy(update={"cell_labels": str(labels)})
     return fit(build_cell_data(cells_dir, config), config, out_dir, resume=resume)

@@ -2,6 +2,8 @@
 
 Writes RUN/best.pt, RUN/last.pt (checkpoints), RUN/config.yaml (resolved config), RUN/metrics.jsonl,
 RUN/curves.png and RUN/summary.json; --find-lr writes RUN/lr_find.png + lr_find.json instead.
+--cell-labels FILE trains on per-cell targets; --weak-loss mil and --refine-rounds N (RUN/refine/) are the
+weak-supervision methods (README, "Weak supervision").
 Settings: YAML (--config), overridden by flags; --resume continues after the last finished epoch.
 """
 
@@ -14,6 +16,7 @@ import typer
 
 from hpacell.workflows.options import (
     BackboneLrMult,
+    CellLabels,
     CellsDir,
     ClassWeights,
     ConfigFile,
@@ -25,16 +28,21 @@ from hpacell.workflows.options import (
     Folds,
     LimitBatches,
     Lr,
+    MilPool,
     Model,
     NumWorkers,
     OutDir,
     Pretrained,
+    RefineFolds,
+    RefineRounds,
+    RefineRule,
     Resume,
     Sampler,
     Schedule,
     Seed,
     TrainBatch,
     WarmupEpochs,
+    WeakLoss,
     config_overrides,
 )
 
@@ -73,6 +81,12 @@ def command(
     folds: Folds = None,
     fold: Fold = None,
     cell_truth: Path = typer.Option(None, "--cell-truth", help="cells.csv (ID,cell,Label) per-cell truth."),
+    cell_labels: CellLabels = None,
+    weak_loss: WeakLoss = None,
+    mil_pool: MilPool = None,
+    refine_rounds: RefineRounds = None,
+    refine_folds: RefineFolds = None,
+    refine_rule: RefineRule = None,
     num_workers: NumWorkers = None,
     seed: Seed = None,
     limit_train_batches: LimitBatches = None,
