@@ -124,7 +124,11 @@ class TrainConfig(BaseModel):
     # --- run
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
-    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms (warn only)")
+    deterministic: bool | None = Field(
+        None,
+        description="deterministic kernels (torch.use_deterministic_algorithms, warn only, no cuDNN "
+        "autotuning); default: on CPU (bit-identical seeded runs), off on CUDA (autotuned, fastest kernels)",
+    )
     cell_truth: str | None = Field(None, description="cells.csv (ID,cell,Label) with per-cell truth")
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hpacell.classifier.training.config import TrainConfig
 from hpacell.classifier.training.samplers import (
@@ -84,8 +85,10 @@ class TrainTransform:
 
     Geometric: horizontal/vertical flips, rot90, shift-scale-rotate. Intensity:
     each channel independently scaled by a contrast factor and shifted by a
-    brightness offset. Seeded; :meth:`reseed` sets the stream (called per
-    epoch and per DataLoader worker, so runs are reproducible).
+    brightness offset. Seeded; :meth:`reseed` restarts the stream. Training
+    loaders reseed it for every sample from a seed drawn in the main process
+    (:class:`SeededSampler`), so a sample's augmentation depends only on
+    ``(seed, epoch, rank, position in the epoch)``, never on the workers.
     """
 
     def __init__(self, crop_size: int, seed: int = 0, brightness: float = 0.05, contrast: float = 0.2):
@@ -108,11 +111,14 @@ class TrainTransform:
             ],
             seed=seed,
         )
+        self._py_random = random.Random()
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        self.aug.set_random_seed(int(seed))
+        """Restart the random stream at ``seed`` (cheap: called once per training sample)."""
         self.rng = np.random.default_rng(int(seed))
+        self._py_random.seed(int(seed))
+        self.aug.set_random_state(self.rng, self._py_random)
 
     def __call__(self, crop: np.ndarray) -> torch.Tensor:
         hwc = _resize(_to_hwc(crop), self.crop_size)
@@ -130,48 +136,116 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
+class SeededSampler(Sampler):
+    """Pairs each index of an epoch sampler with an augmentation seed: yields ``(seed, index)``.
+
+    ``inner`` yields indices (or lists of them, a batch sampler) and has
+    ``set_epoch``. The seeds are drawn in the main process from
+    ``(seed, epoch, rank)``, so the k-th sample of an epoch is augmented the
+    same way with or without DataLoader workers, with persistent workers, and
+    after a resume; :class:`SeededItems` applies them.
+
+    Examples
+    --------
+    >>> s = SeededSampler(ShuffleSampler(4, seed=1), seed=1)
+    >>> s.set_epoch(2)
+    >>> sorted(i for _, i in s)
+    [0, 1, 2, 3]
+    >>> list(s) == list(s)
+    True
+    """
+
+    def __init__(self, inner: Any, seed: int = 0, rank: int = 0) -> None:
+        self.inner, self.seed, self.rank, self.epoch = inner, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 0x5EED])
+        for item in self.inner:
+            if isinstance(item, list):
+                seeds = rng.integers(0, 2**63, len(item)).tolist()
+                yield [(s, int(i)) for s, i in zip(seeds, item, strict=True)]
+            else:
+                yield (int(rng.integers(0, 2**63)), int(item))
+
+
+class SeededItems(Dataset):
+    """``dataset[(seed, i)]``: reseed ``dataset.transform`` at ``seed``, then return ``dataset[i]``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        seed, i = key
+        transform = getattr(self.dataset, "transform", None)
+        if hasattr(transform, "reseed"):
+            transform.reseed(seed)
+        return self.dataset[i]
+
+
 def make_train_loader(
     dataset: Dataset, labels: np.ndarray, config: TrainConfig, epoch: int, rank: int = 0, world_size: int = 1
 ) -> DataLoader:
-    """The training DataLoader of one epoch, deterministic in ``(config.seed, epoch, rank)``.
+    """The training DataLoader, deterministic in ``(config.seed, epoch, rank)``.
 
+    Build it once per run: its workers persist across epochs (``persistent_workers``);
+    :func:`set_loader_epoch` moves it to another epoch. Sampling and augmentation
+    depend only on the seed, epoch and rank (:class:`SeededSampler`), so an epoch's
+    batches are the same whatever the number of workers, and after a resume.
     ``labels`` are the (N, C) targets of ``dataset`` in its order (for the samplers).
     """
     workers = default_workers() if config.num_workers is None else config.num_workers
-    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 1009 + rank)
-    transform = getattr(dataset, "transform", None)
-    if hasattr(transform, "reseed") and workers == 0:
-        transform.reseed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + rank)
     common: dict[str, Any] = {
         "num_workers": workers,
         "pin_memory": torch.cuda.is_available() and config.device != "cpu",
         "worker_init_fn": seed_worker,
         "generator": gen,
-        "persistent_workers": False,
+        "persistent_workers": workers > 0,
     }
     if workers > 0:
         common["prefetch_factor"] = 4
+    items = SeededItems(dataset)
     if config.sampler == "image" or config.weak_loss == "mil":
         groups = getattr(dataset, "groups", None)
         if groups is None:
             raise InputError("image-grouped batches (sampler=image, weak_loss=mil) need a cell dataset")
         ibs = ImageBatchSampler(groups, config.batch_size, seed=config.seed, rank=rank, world_size=world_size)
-        ibs.set_epoch(epoch)
-        return DataLoader(dataset, batch_sampler=ibs, **common)
+        seeded = SeededSampler(ibs, config.seed, rank)
+        seeded.set_epoch(epoch)
+        return DataLoader(items, batch_sampler=seeded, **common)
     if config.sampler == "pk":
         bs = PKBatchSampler(
             labels, config.pk_classes, config.pk_samples, seed=config.seed, rank=rank, world_size=world_size
         )
-        bs.set_epoch(epoch)
-        return DataLoader(dataset, batch_sampler=bs, **common)
+        seeded = SeededSampler(bs, config.seed, rank)
+        seeded.set_epoch(epoch)
+        return DataLoader(items, batch_sampler=seeded, **common)
     if config.sampler == "oversample":
         sampler: Any = OversampleSampler(
             labels, config.oversample_power, seed=config.seed, rank=rank, world_size=world_size
         )
     else:
         sampler = ShuffleSampler(len(dataset), seed=config.seed, rank=rank, world_size=world_size)
-    sampler.set_epoch(epoch)
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, **common)
+    seeded = SeededSampler(sampler, config.seed, rank)
+    seeded.set_epoch(epoch)
+    return DataLoader(items, batch_size=config.batch_size, sampler=seeded, drop_last=True, **common)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> DataLoader:
+    """Point a :func:`make_train_loader` loader at ``epoch`` (its workers stay alive); returns it."""
+    seeded = loader.batch_sampler if isinstance(loader.batch_sampler, SeededSampler) else loader.sampler
+    seeded.set_epoch(epoch)
+    return loader
 
 
 def make_eval_loader(dataset: Dataset, config: TrainConfig) -> DataLoader:
@@ -183,6 +257,7 @@ def make_eval_loader(dataset: Dataset, config: TrainConfig) -> DataLoader:
         shuffle=False,
         num_workers=workers,
         pin_memory=torch.cuda.is_available() and config.device != "cpu",
+        persistent_workers=workers > 0,  # the validation loader of a run is reused every epoch
     )
 
 

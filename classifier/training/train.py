@@ -50,7 +50,13 @@ from torch import nn
 from hpacell.classifier.metrics import f1_report, per_class_ap, tune_thresholds
 from hpacell.classifier.model import CellClassifier, create_model, read_checkpoint
 from hpacell.classifier.training.config import TrainConfig
-from hpacell.classifier.training.data import TrainData, build_cell_data, make_eval_loader, make_train_loader
+from hpacell.classifier.training.data import (
+    TrainData,
+    build_cell_data,
+    make_eval_loader,
+    make_train_loader,
+    set_loader_epoch,
+)
 from hpacell.classifier.training.losses import CellLoss, class_pos_weight
 from hpacell.utils.errors import InputError
 
@@ -101,15 +107,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; deterministic algorithms (warn only) when asked."""
+    """Seed python, numpy and torch; deterministic kernels when asked, else cuDNN autotuning."""
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (the global state is what libraries use)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (CUDA >= 10.2)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def wants_deterministic(config: TrainConfig, device: torch.device) -> bool:
+    """``config.deterministic``, or by default: yes on CPU, no on CUDA (autotuned cuDNN kernels)."""
+    return device.type == "cpu" if config.deterministic is None else config.deterministic
 
 
 def _rng_state() -> dict[str, Any]:
@@ -477,14 +488,16 @@ def fit(
 
     dist_info = setup_distributed(config.device)
     device = resolve_device(config.device, dist_info.local_rank)
-    seed_everything(config.seed + dist_info.rank, config.deterministic and device.type == "cpu")
+    seed_everything(config.seed + dist_info.rank, wants_deterministic(config, device))
     model = build_model(config, data).to(device)
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, config.ema_decay) if config.ema_decay else None
     loss_fn = build_loss(config, data, distributed=dist_info.world_size > 1)
     optimizer = make_optimizer(model, config)
-    n_batches = len(make_train_loader(data.train, data.train_labels, config, 0, **_ranks(dist_info)))
+    # one loader for the whole run: its workers persist, set_loader_epoch moves it from epoch to epoch
+    train_loader = make_train_loader(data.train, data.train_labels, config, 0, **_ranks(dist_info))
+    n_batches = len(train_loader)
     if config.limit_train_batches:
         n_batches = min(n_batches, config.limit_train_batches)
     total_steps = config.epochs * math.ceil(n_batches / config.accumulate)
@@ -536,7 +549,7 @@ def fit(
         ddp_model.train()
         if frozen:
             model.backbone.eval()
-        loader = make_train_loader(data.train, data.train_labels, config, epoch, **_ranks(dist_info))
+        loader = set_loader_epoch(train_loader, epoch)
         step = train_step_fn(ddp_model, loss_fn, device, config)
         rec: dict[str, Any] = {"epoch": epoch, "backbone_frozen": frozen}
         rec["lr_head"] = optimizer.param_groups[1]["lr"]

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from hpacell.classifier.training.samplers import OversampleSampler, PKBatchSampler, ShuffleSampler
 from hpacell.classifier.training.split import image_split
@@ -64,3 +65,36 @@ def test_oversample_favours_rare_classes_and_shards():
     a = list(ShuffleSampler(10, seed=0, rank=0, world_size=2))
     b = list(ShuffleSampler(10, seed=0, rank=1, world_size=2))
     assert sorted(a + b) == list(range(10))
+
+
+def _epoch_batches(loader, epoch):
+    from hpacell.classifier.training.data import set_loader_epoch
+
+    return [(b["index"].tolist(), b["image"]) for b in set_loader_epoch(loader, epoch)]
+
+
+def _same(a, b):
+    pairs = zip(a, b, strict=False)
+    return len(a) == len(b) and all(ia == ib and torch.equal(xa, xb) for (ia, xa), (ib, xb) in pairs)
+
+
+@pytest.mark.parametrize("sampler", ["random", "pk"])
+def test_persistent_workers_keep_epochs_seeded_and_resumable(make_data, sampler):
+    """Epoch k's batches (order and augmentation) are the same from a loader whose workers lived through
+    epochs 0..k-1, from a fresh loader built at epoch k (a resume), and without workers."""
+    from hpacell.classifier.training.config import TrainConfig
+    from hpacell.classifier.training.data import make_train_loader
+
+    data = make_data()
+    kw = dict(batch_size=6, sampler=sampler, pk_classes=2, pk_samples=3, seed=3)
+    cfg = TrainConfig(num_workers=2, **kw)
+    loader = make_train_loader(data.train, data.train_labels, cfg, epoch=0)
+    assert loader.persistent_workers
+    epochs = [_epoch_batches(loader, e) for e in range(3)]
+    workers = loader._iterator._workers
+    assert _epoch_batches(loader, 2) and loader._iterator._workers is workers  # same worker processes
+    assert not _same(epochs[1], epochs[2])  # epochs differ
+    resumed = make_train_loader(data.train, data.train_labels, cfg, epoch=2)
+    assert _same(_epoch_batches(resumed, 2), epochs[2])
+    inline = make_train_loader(data.train, data.train_labels, TrainConfig(num_workers=0, **kw), epoch=0)
+    assert _same(_epoch_batches(inline, 1), epochs[1])

@@ -113,3 +113,20 @@ def test_schedules_step_through_tiny_and_normal_runs(schedule, steps):
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert all(0 <= lr <= 1e-3 + 1e-12 for lr in lrs)
+
+
+def test_gpu_defaults_autotune_cudnn_unless_deterministic_is_asked():
+    from hpacell.classifier.training.train import seed_everything, wants_deterministic
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert wants_deterministic(TrainConfig(), cpu) and not wants_deterministic(TrainConfig(), cuda)
+    assert wants_deterministic(TrainConfig(deterministic=True), cuda)
+    assert not wants_deterministic(TrainConfig(deterministic=False), cpu)
+    try:
+        seed_everything(0, deterministic=False)
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+        seed_everything(0, deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        seed_everything(0, deterministic=True)

@@ -101,11 +101,17 @@ def command(
     if find_lr:
         from hpacell.classifier.training.data import build_cell_data
         from hpacell.classifier.training.lr_finder import lr_find
-        from hpacell.classifier.training.train import build_model, resolve_device, seed_everything
+        from hpacell.classifier.training.train import (
+            build_model,
+            resolve_device,
+            seed_everything,
+            wants_deterministic,
+        )
 
         data = build_cell_data(cells, cfg)
-        seed_everything(cfg.seed, cfg.deterministic)
-        res = lr_find(build_model(cfg, data), data, cfg, out, resolve_device(cfg.device))
+        device = resolve_device(cfg.device)
+        seed_everything(cfg.seed, wants_deterministic(cfg, device))
+        res = lr_find(build_model(cfg, data), data, cfg, out, device)
         typer.echo(json.dumps({"suggested_lr": res["suggested_lr"], "plot": str(out / "lr_find.png")}))
         return
     out.mkdir(parents=True, exist_ok=True)
