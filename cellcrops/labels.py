@@ -517,19 +517,15 @@ def write_cell_targets(
 
     The format :func:`read_cell_targets` reads; ``.parquet`` by suffix, CSV otherwise (atomically).
     """
-    import io
-
     import pandas as pd
 
     from hpacell.utils.files import atomic_write_bytes
+    from hpacell.utils.tables import write_parquet
 
     path = Path(path)
     df = pd.DataFrame({"image_id": [str(i) for i in image_ids], "cell": np.asarray(cells, np.int64)})
     values = np.asarray(targets, np.float32)
     df = pd.concat([df, pd.DataFrame(values, columns=[str(c) for c in classes])], axis=1)
-    buf = io.BytesIO()
     if path.suffix.lower() == ".parquet":
-        df.to_parquet(buf, index=False)
-    else:
-        df.to_csv(buf, index=False, float_format="%.6g")
-    return atomic_write_bytes(path, buf.getvalue())
+        return write_parquet(df, path)
+    return atomic_write_bytes(path, df.to_csv(index=False, float_format="%.6g").encode())

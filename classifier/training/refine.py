@@ -34,6 +34,7 @@ import numpy as np
 
 from hpacell.classifier.training.config import TrainConfig
 from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,7 @@ def relabel(
         oof = pd.DataFrame(probs, columns=classes)
         oof.insert(0, "cell", table["cell"].astype(int).to_numpy())
         oof.insert(0, "image_id", image_ids)
-        buf = io.BytesIO()
-        oof.to_parquet(buf, index=False)
-        atomic_write_bytes(folder / "oof.parquet", buf.getvalue())
+        write_parquet(oof, folder / "oof.parquet")
         changed = np.abs(refined - inherited).max(1) > 1e-6
         summary: dict[str, Any] = {
             "round": r,
