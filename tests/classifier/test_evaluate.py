@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from pycocotools import mask as coco_mask
 from sklearn.metrics import f1_score
 
 from hpacell.classifier.scoring.evaluate import (
@@ -12,12 +13,15 @@ from hpacell.classifier.scoring.evaluate import (
     TruthImage,
     average_precision,
     evaluate,
+    iou_matrix,
     read_truth,
+    truth_infos,
     write_truth_csv,
 )
-from hpacell.classifier.scoring.rle import encode_mask_cells
+from hpacell.classifier.scoring.rle import encode_counts, encode_mask_cells
 from hpacell.classifier.scoring.submission import (
     ImagePrediction,
+    check_prediction,
     prediction_string,
     read_submission,
     write_submission,
@@ -169,3 +173,95 @@ def test_size_mismatch_raises():
     sub = [ImagePrediction("a", 50, 50, [0], [1.0], ["x"])]
     with pytest.raises(ValueError, match="size"):
         evaluate(sub, truth)
+
+
+# --------------------------------------------------------------------------- the organisers' rules (issue 12)
+def _empty_mask_string(h=H, w=W) -> str:
+    return encode_counts(coco_mask.encode(np.zeros((h, w), np.uint8, order="F"))["counts"])
+
+
+def test_box_and_mask_differ_as_the_rules_say():
+    truth_cell = _box(0, 0, 20, 20)  # box [0, 0, 20, 20] (last index 19, + 1)
+    det = _box(0, 0, 20, 12)  # rows 0..11, 240 px
+    det[19, 22] = 1  # one stray pixel: box [0, 0, 20, 23]
+    t, s = _truth([(truth_cell, [4])]), _pred([(4, 0.9, det)])
+    iou_mask = iou_matrix(list(check_prediction(s).values()), truth_infos(t), H, W, "mask")
+    iou_box = iou_matrix(list(check_prediction(s).values()), truth_infos(t), H, W, "box")
+    assert iou_mask[0, 0] == pytest.approx(240 / 401)  # < 0.6
+    assert iou_box[0, 0] == pytest.approx((0.2 * 0.2) / (0.2 * 0.23))  # 400 / 460 > 0.6
+    assert evaluate([s], [t], match="mask").ap[4] == 0.0
+    ev = evaluate([s], [t], match="box")
+    assert ev.ap[4] == 1.0 and ev.summary()["match"] == "box"
+    assert "organisers" in ev.summary()["match_used_by"]
+
+
+def test_a_detection_whose_best_cell_is_taken_is_a_false_positive_no_fallback():
+    ring = _box(0, 0, 20, 20)
+    ring[2:18, 2:18] = 0  # cell A: a frame, box [0, 0, 20, 20], 144 px
+    inner = _box(2, 2, 18, 18)  # cell B inside it, box [2, 2, 18, 18], 256 px
+    square = _box(0, 0, 19, 19)  # box IoU with A 361/400, with B 256/361: both >= 0.6, best A
+    t = _truth([(ring, [0]), (inner, [0])])
+    s = _pred([(0, 0.9, ring), (0, 0.8, square)])
+    box = evaluate([s], [t], match="box")
+    # ranked: A hit (recall 1/2, precision 1), then the square takes A again: false positive; B missed
+    assert box.ap[0] == pytest.approx(0.5)
+    # mask IoU: the square overlaps A 105/400 and B 256/361, so its best cell is B: a hit
+    assert evaluate([s], [t], match="mask").ap[0] == 1.0
+
+
+def test_empty_mask_detections_are_dropped_in_both_modes():
+    a = _box(0, 0, 10, 10)
+    t = _truth([(a, [2])])
+    s = ImagePrediction("a", W, H, [2, 2], [0.99, 0.5], [_empty_mask_string(), _enc(a)])
+    for match in ("mask", "box"):
+        ev = evaluate([s], [t], match=match)
+        assert ev.ap[2] == 1.0 and ev.ap_strict[2] == 1.0  # as a false positive it would rank first
+        assert ev.n_det[2] == 1 and ev.n_empty == 1 and any("empty mask" in n for n in ev.notes)
+
+
+def test_ap_by_hand_over_two_images_with_dropped_detections_and_ties_in_file_order():
+    a, b, c = _box(0, 0, 10, 10), _box(20, 0, 30, 10), _box(40, 0, 50, 10)
+    far = _box(60, 60, 70, 70)
+    t1 = _truth([(a, [0]), (b, [0, 3])], "i1")  # labels {0, 3}
+    t2 = _truth([(c, [0])], "i2")  # labels {0}
+    s1 = _pred([(0, 0.8, a), (0, 0.6, far), (3, 0.7, b), (5, 0.99, a)], "i1")
+    s2 = _pred([(0, 0.6, c), (3, 0.95, c), (0, 0.3, a)], "i2")
+    ev = evaluate([s2, s1], [t1, t2], match="box")  # the submission lists i2 first
+    # class 0, 3 true cells (a, b, c). Ranked: 0.8 hit (a); 0.6 i2 c hit and 0.6 i1 far miss tie:
+    # file order puts i2 (row 1) before i1 (row 2); 0.3 (a in i2) misses (no cell there).
+    # precision 1, 1, 2/3, 1/2 at recall 1/3, 2/3, 2/3, 2/3 -> AP = 1/3 + 1/3 = 2/3
+    assert ev.ap[0] == pytest.approx(2 / 3)
+    # class 3: one true cell (b); the 0.95 detection in i2 (labels {0}) is dropped; 0.7 hits b -> 1.
+    # strict: 0.95 miss first, then the hit -> precision 1/2 at recall 1 -> 0.5
+    assert ev.ap[3] == 1.0 and ev.ap_strict[3] == pytest.approx(0.5)
+    # class 5: no true cell -> no AP; the 0.99 detection in i1 is outside its labels
+    assert np.isnan(ev.ap[5]) and ev.map == pytest.approx((2 / 3 + 1) / 2)
+    assert ev.map_strict == pytest.approx((2 / 3 + 0.5) / 2)
+    # the other file order ranks the 0.6 miss first: precision 1, 1/2, 2/3 -> AP = 1/3 + 2/3 * 1/3
+    assert evaluate([s1, s2], [t1, t2], match="box").ap[0] == pytest.approx(1 / 3 + 2 / 9)
+
+
+def test_real_size_rows_have_no_field_limit(tmp_path):
+    side, grid = 2048, 8  # 64 cells x 19 classes at 2048 px
+    mask = np.zeros((side, side), np.uint16)
+    yy, xx = np.mgrid[:256, :256]
+    disc = (yy - 128) ** 2 + ((xx - 128) / 1.2) ** 2 < 110**2
+    for k in range(grid * grid):
+        y, x = divmod(k, grid)
+        mask[y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256][disc] = k + 1
+    enc = encode_mask_cells(mask)
+    cells = sorted(enc)
+    labels = [[k % 19] for k in range(len(cells))]
+    scores = np.full((len(cells), 19), 0.05)
+    for i, lab in enumerate(labels):
+        scores[i, lab] = 0.9
+    text = prediction_string([enc[c] for c in cells], scores)
+    assert len(cells) == 64 and len(text) > 131072  # the csv module's default field limit
+    write_submission([("big", side, side, text)], tmp_path / "sub.csv")
+    truth = [TruthImage("big", side, side, cells, labels, [enc[c] for c in cells])]
+    write_truth_csv(truth, tmp_path / "truth.csv")
+    sub = read_submission(tmp_path / "sub.csv", n_classes=19)
+    assert len(sub[0]) == 64 * 19 and len(sub[0].checked) == 64  # each distinct mask decoded once
+    for match in ("mask", "box"):
+        ev = evaluate(sub, read_truth(tmp_path / "truth.csv"), match=match)
+        assert ev.map == 1.0, match

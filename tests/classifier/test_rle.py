@@ -85,3 +85,27 @@ def test_decode_mask_and_uint16_mask():
     enc = encode_mask_cells(mask)
     assert list(enc) == [300]
     assert np.array_equal(decode_mask(enc[300], 5, 6).astype(bool), mask == 300)
+
+
+def test_mask_info_area_and_box_equal_the_decoded_mask():
+    from hpacell.classifier.scoring.evaluate import normalized_boxes
+    from hpacell.classifier.scoring.rle import mask_info
+
+    rng = np.random.default_rng(0)
+    for k in range(300):
+        h, w = (int(v) for v in rng.integers(1, 25, 2))
+        full = rng.random((h, w)) < rng.random() * 0.3
+        if k % 5 == 0:
+            full[:] = False
+        if k % 7 == 0:  # a run wrapping from the bottom of a column to the top of the next
+            full[-1, 0] = full[0, min(1, w - 1)] = True
+        info = mask_info(encode_counts(_reference(full)), h, w)
+        ys, xs = np.nonzero(full)
+        assert info.area == full.sum()
+        expect = None if not ys.size else (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+        assert info.box == (None if expect is None else tuple(int(v) for v in expect))
+    # normalized as the organisers' evaluator: [ymin, xmin, ymax + 1, xmax + 1] / (H, W, H, W)
+    full = np.zeros((50, 100), bool)
+    full[10:20, 30:60] = True
+    box = normalized_boxes([mask_info(encode_counts(_reference(full)), 50, 100)], 50, 100)
+    assert box.tolist() == [[10 / 50, 30 / 100, 20 / 50, 60 / 100]]

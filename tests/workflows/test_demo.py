@@ -16,6 +16,10 @@ def test_demo_runs_to_summary_and_resumes(tmp_path):
     assert re.fullmatch(r"mAP=\d\.\d{6}", last)
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["evaluation"]["mAP"] <= 1.0
+    assert summary["evaluation"]["match"] == "mask"  # the reported mode; the summary prints both
+    by_match = summary["evaluation"]["mAP_by_match"]
+    assert by_match["mask"] == summary["evaluation"]["mAP"] and 0.0 <= by_match["box"] <= 1.0
+    assert "cell mAP@0.6 by IoU: mask" in res.output and "box" in res.output
     assert summary["segmentation"]["true_cells"] > 0 and summary["segmentation"]["recall"] > 0.5
     assert (out / "predict" / "submission.csv").is_file()
     assert list((out / "predict" / "report").glob("*.png"))

@@ -115,11 +115,20 @@ def test_predict_on_the_fly_then_evaluate(synth_dir, tiny_checkpoint, tmp_path):
     write_submission([], ids, ids=["no-cells", *sorted(t.image_id for t in truth)], sizes=sizes)
     args = ["predict", str(tiny_checkpoint), "--images", str(synth_dir / "images"), "--masks",
             str(synth_dir / "masks"), "--out", str(pred), "--ids", str(ids), "--tta", "--embeddings",
-            "--num-workers", "0", "--batch-size", "8"]  # fmt: skip
+            "--num-workers", "0", "--batch-size", "8",
+            "--truth", str(synth_dir), "--match", "box"]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     n_cells = sum(len(t.cells) for t in truth)
-    assert json.loads(res.output.strip().splitlines()[-1])["cells"] == n_cells
+    printed = json.loads(res.output.strip().splitlines()[-1])
+    assert printed["cells"] == n_cells
+    # --truth: the submission scored with the chosen IoU, as `hpacell evaluate --match box` scores it
+    figures = json.loads((pred / "evaluation.json").read_text())
+    assert printed["match"] == figures["match"] == "box" and printed["mAP"] == figures["mAP"]
+    res_eval = runner.invoke(
+        app, ["evaluate", str(pred / "submission.csv"), "--truth", str(synth_dir), "--match", "box"]
+    )
+    assert res_eval.stdout.strip().splitlines()[-1] == f"mAP={figures['mAP']:.6f}"
     import pandas as pd
 
     cells = pd.read_parquet(pred / "cell_scores.parquet")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hpacell.workflows.options import ConfigFile, Device, Epochs, OutDir
+from hpacell.workflows.options import ConfigFile, Device, Epochs, Match, OutDir
 
 
 def command(
@@ -19,13 +19,20 @@ def command(
     epochs: Epochs = None,
     device: Device = None,
     workers: int = typer.Option(None, "--workers", "-j", min=1, help="Worker processes."),
+    match: Match = None,
 ) -> None:
     from hpacell.utils.errors import InputError
     from hpacell.workflows.config import load_config
     from hpacell.workflows.demo import DemoConfig, format_summary, run_demo
 
     cfg = load_config(
-        DemoConfig, config, train_images=train_images, epochs=epochs, device=device, workers=workers
+        DemoConfig,
+        config,
+        train_images=train_images,
+        epochs=epochs,
+        device=device,
+        workers=workers,
+        match=None if match is None else match.value,
     )
     if real is not None and not real.is_dir():
         raise InputError(f"{real}: folder not found")

@@ -7,6 +7,8 @@ thresholds from the checkpoint), PRED/submission.csv (needs the cell masks: --ma
 dataset was cropped from), PRED/report/*.png, PRED/summary.json and PRED/predict.yaml.
 Negative (18): the model's Negative probability (1 - max of the others for a model without one); an image
 is Negative only when no other class passes. --image-scores CSV (ID,"0".."18") blends: cell^a x image^b.
+--truth (as `hpacell evaluate --truth`) also scores the submission: PRED/evaluation.json and the printed
+mAP/mAP_strict use the IoU of --match (mask: Kaggle's stated metric; box: the organisers' re-scoring).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from hpacell.workflows.options import (
     Checkpoint,
     ConfigFile,
     Device,
+    Match,
+    MatchMode,
     NumWorkers,
     OutDir,
     Overwrite,
@@ -69,6 +73,10 @@ def command(
         help="On-the-fly crops: as the training cells were cut.",
     ),
     report: bool = typer.Option(True, "--report/--no-report", help="Write PRED/report/*.png."),
+    truth: Path = typer.Option(
+        None, "--truth", "-t", help="Also evaluate the submission: truth folder or CSV (as evaluate)."
+    ),
+    match: Match = MatchMode.mask,
     config: ConfigFile = None,
     overwrite: Overwrite = False,
 ) -> None:
@@ -86,6 +94,11 @@ def command(
         raise InputError("give either --cells or --images (with --masks)")
     if images is not None and masks is None:
         raise InputError("--images needs --masks")
+    truth_cells = None
+    if truth is not None:  # read first: a bad truth fails before any inference
+        from hpacell.classifier.scoring.evaluate import read_truth
+
+        truth_cells = read_truth(truth)
     cfg = load_config(
         PredictConfig,
         config,
@@ -133,17 +146,29 @@ def command(
             make_report(out, cells, table, meta["classes"], imgs, masks or masks_from_meta(cells))
         )
     sub = result.get("submission") or {}
-    typer.echo(
-        json.dumps(
-            {
-                "out": str(out),
-                "cells": result["n_cells"],
-                "images_with_cells": result["n_images_with_cells"],
-                "submission_images": sub.get("n_images"),
-                "failed": len(sub.get("failed", {})),
-            }
+    printed = {
+        "out": str(out),
+        "cells": result["n_cells"],
+        "images_with_cells": result["n_images_with_cells"],
+        "submission_images": sub.get("n_images"),
+        "failed": len(sub.get("failed", {})),
+    }
+    if truth_cells is not None:
+        from hpacell.cellcrops.labels import HPA2021
+        from hpacell.classifier.scoring.evaluate import evaluate
+        from hpacell.classifier.scoring.predict import SUBMISSION
+        from hpacell.classifier.scoring.submission import read_submission
+        from hpacell.utils.files import write_json
+
+        if not sub:
+            raise InputError("--truth: no submission was written (needs the cell masks, hpa2021 classes)")
+        ev = evaluate(
+            read_submission(out / SUBMISSION, n_classes=len(HPA2021.classes)), truth_cells, match=match.value
         )
-    )
+        figures = ev.summary()
+        write_json(out / "evaluation.json", figures)
+        printed |= {k: figures[k] for k in ("match", "mAP", "mAP_strict", "macro_f1", "sample_f1")}
+    typer.echo(json.dumps(printed))
     if sub.get("failed"):
         for image_id, err in sorted(sub["failed"].items()):
             typer.echo(f"failed: {image_id}: {err}", err=True)
