@@ -420,15 +420,15 @@ def segment_folder(
             rows[image_id] = _skipped_row(image_id, prev_rows, masks_dir)
         else:
             todo.append((image_id, sets[image_id]))
-    if overwrite:
-        # The cell mask marks an image done: drop it before redoing the image, so that an image that
-        # fails now (or a killed run) is not counted finished, with stale masks, by the next run.
-        for image_id, _ in todo:
-            mask_paths(masks_dir, image_id)[0].unlink(missing_ok=True)
     log.info("%d image(s): %d to segment, %d already done", len(wanted), len(todo), len(wanted) - len(todo))
 
     if todo:
         model = get_backend(backend, **options)  # fails early (e.g. missing model files) before any work
+        if overwrite:
+            # The cell mask marks an image done: drop it before redoing the image, so that an image that
+            # fails now (or a killed run) is not counted finished, with stale masks, by the next run.
+            for image_id, _ in todo:
+                mask_paths(masks_dir, image_id)[0].unlink(missing_ok=True)
         if getattr(model, "uses_gpu", False):
             results = _run_batches(model, todo, out_dir, overlays, workers)
         else:

@@ -287,6 +287,12 @@ def test_image_failing_on_overwrite_loses_its_stale_masks_and_is_retried(images,
     assert not any(p.exists() for p in mask_paths(out / "masks", "a_ok"))
     rows = by_id(segment_folder(images, out, backend="standin"))  # the next rerun retries it
     assert rows["a_ok"]["status"] == "failed"
+    # an --overwrite refused for a bad backend option removes nothing
+    from hpacell.utils.errors import InputError
+
+    with pytest.raises(InputError, match="threshold='x'"):
+        segment_folder(images, out, backend="standin", backend_options={"threshold": "x"}, overwrite=True)
+    assert all(p.is_file() for p in mask_paths(out / "masks", "b_nonsquare"))
 
 
 def test_folder_without_image_sets_is_an_error(tmp_path):
