@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from hpacell.segmentation.backends import Backend, get_backend
 from hpacell.segmentation.io import (
+    CELLMASK_SUFFIX,
     ImageSetError,
     find_image_sets,
     mask_paths,
@@ -48,6 +49,7 @@ from hpacell.segmentation.io import (
 )
 from hpacell.utils.errors import InputError
 from hpacell.utils.jobs import JobResult, run_jobs
+from hpacell.utils.outputs import check_stamp, claim_folder, read_stamp, write_stamp
 from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ STATUS_COLUMNS: tuple[str, ...] = (
     "error",
 )
 OVERLAY_MAX_SIDE = 1024
+STAMP = ".segment.json"
+"""In ``OUT/masks``: the backend and options the masks were made with."""
+RUN_ONLY_OPTIONS = ("device", "batch_size")
+"""Backend options that do not change the masks (left out of the stamp)."""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -370,7 +376,16 @@ def segment_folder(
             f"{images_dir}: no image sets found (expected <ID>_{{red,green,blue,yellow}}.<png|tif|jpg> files)"
         )
     wanted = list(sets) if ids is None else list(dict.fromkeys(ids))
-    masks_dir.mkdir(parents=True, exist_ok=True)
+    # masks/ is segment's own (a folder of someone else's masks, e.g. synth's truth, is refused: its files
+    # would count as finished images); its masks are reused only when made by this backend and options.
+    claim_folder(masks_dir, "segment", legacy=["../segmentation.parquet"])
+    stamp = {
+        "backend": backend,
+        "options": {k: v for k, v in options.items() if k not in RUN_ONLY_OPTIONS},
+    }
+    stamp_path = masks_dir / STAMP
+    if any(masks_dir.glob(f"*{CELLMASK_SUFFIX}")) and read_stamp(stamp_path) is not None:
+        check_stamp(stamp_path, stamp, overwrite=overwrite, what="masks", folder=out_dir)
 
     # Temp files of killed runs (only ours: shards of other jobs may be writing beside us).
     names = {p.name for i in wanted for p in mask_paths(masks_dir, i)}
@@ -396,15 +411,16 @@ def segment_folder(
             rows[image_id] = _skipped_row(image_id, prev_rows, masks_dir)
         else:
             todo.append((image_id, sets[image_id]))
-    if overwrite:
-        # The cell mask marks an image done: drop it before redoing the image, so that an image that
-        # fails now (or a killed run) is not counted finished, with stale masks, by the next run.
-        for image_id, _ in todo:
-            mask_paths(masks_dir, image_id)[0].unlink(missing_ok=True)
     log.info("%d image(s): %d to segment, %d already done", len(wanted), len(todo), len(wanted) - len(todo))
 
     if todo:
         model = get_backend(backend, **options)  # fails early (e.g. missing model files) before any work
+        write_stamp(stamp_path, stamp)
+        if overwrite:
+            # The cell mask marks an image done: drop it before redoing the image, so that an image that
+            # fails now (or a killed run) is not counted finished, with stale masks, by the next run.
+            for image_id, _ in todo:
+                mask_paths(masks_dir, image_id)[0].unlink(missing_ok=True)
         if getattr(model, "uses_gpu", False):
             results = _run_batches(model, todo, out_dir, overlays, workers)
         else:

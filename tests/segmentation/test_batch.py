@@ -224,7 +224,7 @@ def test_killed_run_leaves_no_half_file_and_rerun_completes(tmp_path):
     # a write cut short leaves only a temp file: make one, the rerun must clean it up
     (masks / ".img11_cellmask.png.abc123.tmp").write_bytes(b"half")
     mtimes = {i: mask_paths(masks, i)[0].stat().st_mtime_ns for i in done}
-    table = segment_folder(d, out, backend="standin")
+    table = segment_folder(d, out, backend="standin", backend_options={"sleep": 0.25})  # same options
     assert (table["status"] == "ok").all() and len(table) == n
     assert not [p for p in masks.iterdir() if p.name.endswith(".tmp")]
     assert all(mask_paths(masks, i)[0].stat().st_mtime_ns == t for i, t in mtimes.items())
@@ -288,6 +288,33 @@ def test_image_failing_on_overwrite_loses_its_stale_masks_and_is_retried(images,
     assert not any(p.exists() for p in mask_paths(out / "masks", "a_ok"))
     rows = by_id(segment_folder(images, out, backend="standin"))  # the next rerun retries it
     assert rows["a_ok"]["status"] == "failed"
+    # an --overwrite refused for a bad backend option removes nothing
+    from hpacell.utils.errors import InputError
+
+    with pytest.raises(InputError, match="threshold='x'"):
+        segment_folder(images, out, backend="standin", backend_options={"threshold": "x"}, overwrite=True)
+    assert all(p.is_file() for p in mask_paths(out / "masks", "b_nonsquare"))
+
+
+def test_masks_are_reused_only_with_the_same_backend_options(images, tmp_path):
+    """The principle of case 5, for segment: other options over finished masks are refused."""
+    from hpacell.utils.errors import InputError
+
+    out = tmp_path / "out"
+    segment_folder(images, out, backend="standin")
+    with pytest.raises(InputError, match=r"masks were made with other inputs or options \(options: "):
+        segment_folder(images, out, backend="standin", backend_options={"threshold": 0.5})
+    rows = by_id(
+        segment_folder(images, out, backend="standin", backend_options={"threshold": 0.5}, overwrite=True)
+    )
+    assert rows["a_ok"]["status"] == "ok"
+    assert segment_folder(images, out, backend="standin", backend_options={"threshold": 0.5}) is not None
+    # someone else's masks folder (e.g. synth's truth) is never taken for finished images
+    theirs = tmp_path / "theirs"
+    (theirs / "masks").mkdir(parents=True)
+    (theirs / "masks" / "a_ok_cellmask.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="not made by 'hpacell segment'"):
+        segment_folder(images, theirs, backend="standin")
 
 
 def test_folder_without_image_sets_is_an_error(tmp_path):

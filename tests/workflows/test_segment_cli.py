@@ -83,7 +83,7 @@ def test_ids_and_table_options(images, tmp_path):
     assert res.exit_code == 0, res.output
     assert list(pd.read_parquet(tmp_path / "shard.parquet")["ID"]) == ["synth-0002", "synth-0003"]
     assert not (tmp_path / "out" / "segmentation.parquet").exists()
-    names = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())
+    names = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir() if not p.name.startswith("."))
     assert names == [f"synth-000{i}_{k}mask.png" for i in (2, 3) for k in ("cell", "nuclei")]
 
 

@@ -124,3 +124,26 @@ def test_slurm_profile_settings_are_valid_snakemake_options(images, tmp_path):
     )
     assert res.returncode == 0, res.stderr + res.stdout
     assert "gpu=1" in res.stdout + res.stderr and "slurm_partition=gpu" in res.stdout + res.stderr
+
+
+@pytest.mark.skipif("crop" not in COMMANDS, reason="no hpacell crop")
+def test_shard_with_an_image_without_cells_crops_and_merges(tmp_path):
+    """Issue 13, case 16: a 0-cell image (segment: ok) no longer fails its crop shard; the merged
+    dataset keeps the masks folder (through the shard views' links), relative to its meta.json."""
+    import cv2
+    import numpy as np
+
+    from hpacell.cellcrops.shards import recorded_source
+
+    make_synth_dataset(tmp_path / "synth", 2, size=256, seed=7, height=192, cell_scale=0.5)
+    images = tmp_path / "synth" / "images"
+    for ch in ("red", "green", "blue", "yellow"):
+        assert cv2.imwrite(str(images / f"dark_{ch}.png"), np.zeros((64, 64), np.uint8))
+    out = tmp_path / "out"
+    config = [f"images={images}", f"out={out}", "shard_size=2", "segment_args=-O pixel_scale=0.3",
+              "crop=true", "crop_size=32"]  # fmt: skip
+    res = snakemake(tmp_path, "--cores", "2", "--config", *config)
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = pd.read_parquet(out / "cells" / "shard-00000" / "crop_status.parquet").set_index("image_id")
+    assert status.loc["dark", "status"] == "ok" and status.loc["dark", "n_cells"] == 0
+    assert recorded_source(out / "cells", "masks") == out / "masks"
