@@ -35,12 +35,13 @@ their nuclei's ids and no 2 px gaps or fragments appear.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure
 from skimage.filters import threshold_otsu
-from skimage.morphology import closing, disk
-from skimage.segmentation import find_boundaries, watershed
+from skimage.morphology import disk
+from skimage.segmentation import watershed
 
 __all__ = ["label_cells", "cell_threshold"]
 
@@ -56,7 +57,7 @@ def _above(plane: np.ndarray, threshold: float) -> np.ndarray:
 
 def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Labels with fewer than ``min_size`` pixels (counted over the whole image) set to 0."""
-    if min_size <= 0 or not labels.any():
+    if min_size <= 0:
         return labels
     small = np.bincount(labels.ravel()) < min_size
     small[0] = False
@@ -65,19 +66,37 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return np.where(small[labels], 0, labels)
 
 
-def _drop_small_pieces(mask: np.ndarray, min_size: int, structure: np.ndarray = _CROSS) -> np.ndarray:
-    """``mask`` without its connected pieces of fewer than ``min_size`` pixels."""
-    pieces, n = ndi.label(mask, structure)
-    if n == 0:
-        return mask
-    small = np.bincount(pieces.ravel()) < min_size
-    small[0] = False
-    return mask & ~small[pieces]
+def _pieces(mask: np.ndarray, connectivity: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, areas)`` of the connected pieces of a bool mask (ids in no particular order;
+    ``areas[0]`` is the background)."""
+    mask = np.ascontiguousarray(mask)
+    n, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=connectivity)
+    return labels, np.bincount(labels.ravel(), minlength=n)
+
+
+def _keep_pieces(mask: np.ndarray, min_size: int, connectivity: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept mask, their labels)``: pieces of ``mask`` of at least ``min_size`` pixels
+    (``skimage.morphology.remove_small_objects`` with the old exclusive ``min_size``)."""
+    labels, areas = _pieces(mask, connectivity)
+    keep = areas >= min_size
+    keep[0] = False
+    kept = keep[labels]
+    return kept, np.where(kept, labels, 0)
 
 
 def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
     """``mask`` with background pieces (4-connected, edge ones included) under ``max_area`` px set."""
-    return ~_drop_small_pieces(~mask, max_area)
+    return ~_keep_pieces(~mask, max_area)[0]
+
+
+def _fill_all_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes``: background not 4-connected to the image edge is set."""
+    labels, _ = _pieces(~mask)
+    edge = np.zeros(labels.max() + 1, bool)
+    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        edge[side] = True
+    edge[0] = True  # id 0 = the foreground itself
+    return mask | ~edge[labels]
 
 
 def _label_components(labels: np.ndarray) -> np.ndarray:
@@ -86,12 +105,12 @@ def _label_components(labels: np.ndarray) -> np.ndarray:
 
 
 def _fill_holes(labels: np.ndarray, boundary_gaps: bool = True) -> np.ndarray:
-    """The reference's "fill holes": boundaries removed, holes of the union filled, 4-connected relabel."""
+    """The reference's "fill holes": boundaries removed, holes of the union filled, 4-connected
+    pieces as the new ids (their order does not matter to any later step)."""
     if boundary_gaps:
-        kept = np.where(find_boundaries(labels), 0, labels)
-        return ndi.label(ndi.binary_fill_holes(kept > 0))[0]
-    filled = ndi.binary_fill_holes(labels > 0)
-    holes = filled & (labels == 0)
+        kept = (labels > 0) & ~_boundaries(labels)
+        return _pieces(_fill_all_holes(kept))[0]
+    holes = _fill_all_holes(labels > 0) & (labels == 0)
     if not holes.any():
         return labels
     _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
@@ -100,9 +119,90 @@ def _fill_holes(labels: np.ndarray, boundary_gaps: bool = True) -> np.ndarray:
     return out
 
 
+def _boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour of another value (``find_boundaries`` mode "thick", both sides)."""
+    out = np.zeros(labels.shape, bool)
+    d = labels[:, 1:] != labels[:, :-1]
+    out[:, 1:] |= d
+    out[:, :-1] |= d
+    d = labels[1:] != labels[:-1]
+    out[1:] |= d
+    out[:-1] |= d
+    return out
+
+
+def _flood_direct(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray, line: bool) -> np.ndarray:
+    """scikit-image's flood itself, without its wrapper's extra copies (same arrays, same order)."""
+    from skimage.morphology._util import _offsets_to_raveled_neighbors
+    from skimage.segmentation import _watershed_cy
+
+    h, w = mask.shape
+    image = np.zeros((h + 2, w + 2), np.float64)
+    image[1:-1, 1:-1] = elevation
+    flags = np.zeros((h + 2, w + 2), np.int8)
+    flags[1:-1, 1:-1] = mask
+    out = np.zeros((h + 2, w + 2), np.int32)
+    out[1:-1, 1:-1] = np.where(mask, markers, 0)
+    stride = w + 2
+    neighbours = _offsets_to_raveled_neighbors(image.shape, _CROSS, (1, 1))
+    strides = np.array([stride, 1], np.intp)
+    locations = np.flatnonzero(out)
+    _watershed_cy.watershed_raveled(
+        image.ravel(), locations, neighbours, flags.ravel(), strides, 0.0, out.ravel(), line
+    )
+    return out[1:-1, 1:-1]
+
+
+_DIRECT: list[bool] = []
+
+
+def _direct_works() -> bool:
+    """Whether :func:`_flood_direct` gives what ``watershed`` gives here (checked once on small cases)."""
+    if not _DIRECT:
+        ok = True
+        rng = np.random.default_rng(0)
+        try:
+            for line in (False, True):
+                level = rng.integers(0, 4, (23, 31)).astype(np.float64)
+                mask = rng.random((23, 31)) < 0.9
+                seeds = np.zeros((23, 31), np.int32)
+                seeds[3, 4], seeds[12, 20], seeds[20, 5], seeds[5, 28] = 1, 2, 3, 2
+                want = watershed(level, seeds, mask=mask, watershed_line=line)
+                ok &= np.array_equal(_flood_direct(level, seeds, mask, line), want)
+        except Exception:  # noqa: BLE001 - another scikit-image: use its public function
+            ok = False
+        _DIRECT.append(bool(ok))
+    return _DIRECT[0]
+
+
+def _flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray, line: bool = False) -> np.ndarray:
+    """``skimage.segmentation.watershed(elevation, markers, mask=mask, watershed_line=line)``
+    (4-connected), int32."""
+    if _direct_works():
+        return _flood_direct(elevation, markers, mask, line)
+    return watershed(elevation, markers, mask=mask, watershed_line=line).astype(np.int32, copy=False)
+
+
 def cell_threshold(cell_foreground: np.ndarray) -> float:
-    """``max(0.22, 0.5 * Otsu(C2 / 255))``, the cell region threshold of the reference."""
-    return max(0.22, float(threshold_otsu(cell_foreground / 255.0)) * 0.5)
+    """``max(0.22, 0.5 * threshold_otsu(C2 / 255))``, the cell region threshold of the reference.
+
+    The 256-bin histogram Otsu computes on the float image is built from the uint8
+    counts (the same values fall into the same bins), which saves the float copy.
+
+    Examples
+    --------
+    >>> cell_threshold(np.array([[0, 0, 200, 255]], np.uint8))
+    0.22
+    """
+    counts = np.bincount(cell_foreground.ravel(), minlength=256)
+    present = np.flatnonzero(counts)
+    if present.size == 1:  # threshold_otsu returns the single value
+        otsu = float(_LEVELS[present[0]])
+    else:
+        values = _LEVELS[present]
+        hist, edges = np.histogram(values, bins=256, range=(values[0], values[-1]), weights=counts[present])
+        otsu = float(threshold_otsu(hist=(hist.astype(np.float32), (edges[:-1] + edges[1:]) / 2.0)))
+    return max(0.22, otsu * 0.5)
 
 
 def _nuclei(nuclei_map: np.ndarray, cell_map: np.ndarray, min_nucleus_size: int) -> np.ndarray:
@@ -110,12 +210,11 @@ def _nuclei(nuclei_map: np.ndarray, cell_map: np.ndarray, min_nucleus_size: int)
     border_sum = n_border + cell_map[..., 1]  # uint8: wraps past 255, as in the reference
     allowed = ((1.0 - _LEVELS) > 0.05)[border_sum]
     seeds = allowed & _above(n_fg, 0.15)
-    seeds = _drop_small_pieces(seeds, 500)
-    markers = ndi.label(seeds, _CROSS)[0]
+    _, markers = _keep_pieces(seeds, 500)  # marker ids need only be distinct
     region = _above(n_fg, 0.4)
     region = _fill_small_holes(region, 1000)
-    region = _drop_small_pieces(region, 8)
-    nuclei = watershed(region.astype(np.uint8), markers, mask=region, watershed_line=True)
+    region, _ = _keep_pieces(region, 8)
+    nuclei = _flood(region, markers, region, line=True)
     nuclei = _drop_small(nuclei, min_nucleus_size)
     return _label_components(nuclei)
 
@@ -158,20 +257,21 @@ def label_cells(
     t = cell_threshold(c_fg)
     region = _above(c_fg, t)
     elevation = -c_fg.astype(np.float64)
-    cells = watershed(elevation, nuclei, mask=region)
+    cells = _flood(elevation, nuclei, region)
     cells = _drop_small(cells, min_cell_size).astype(np.uint8)  # ids wrap past 255, as in the reference
     if closing_radius > 0:
-        cells = closing(cells, disk(closing_radius))
+        kernel = disk(closing_radius).astype(np.uint8)  # cv2's closing ignores the outside, as
+        cells = cv2.morphologyEx(cells, cv2.MORPH_CLOSE, kernel)  # skimage's "reflect" does here
     cells = _fill_holes(cells, boundary_gaps)
     grow = (cells > 0) | _above(c_border, 0.05)
-    cells = watershed(elevation, cells, mask=grow)
+    cells = _flood(elevation, cells, grow)
     cells = _fill_holes(cells, boundary_gaps)
-    if boundary_gaps:
-        cells = ndi.label(cells > 0, _SQUARE)[0]
+    if boundary_gaps:  # 8-connected pieces of the foreground, small ones dropped, raster order
+        kept, _ = _keep_pieces(cells > 0, min_cell_size, connectivity=8)
+        cells = ndi.label(kept, _SQUARE)[0]
     else:
-        cells = _label_components(cells)
-    cells = _label_components(_drop_small(cells, min_cell_size)).astype(np.uint16)
+        cells = _label_components(_drop_small(_label_components(cells), min_cell_size))
+    cells = cells.astype(np.uint16)
 
-    inside = ndi.label((cells > 0) & (nuclei > 0), _SQUARE)[0]
-    inside = _drop_small(inside, min_nucleus_size)
-    return cells, np.where(inside > 0, cells, 0).astype(np.uint16)
+    inside, _ = _keep_pieces((cells > 0) & (nuclei > 0), min_nucleus_size, connectivity=8)
+    return cells, np.where(inside, cells, 0)

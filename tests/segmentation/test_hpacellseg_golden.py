@@ -88,7 +88,7 @@ def segmented(tmp_path_factory) -> Path:
     res = CliRunner().invoke(
         app,
         ["segment", str(images), "--out", str(out), "--backend", "hpacellseg", *map(str, NETS),
-         "--device", "cpu", "--batch-size", "2", "-O", "rescale_12bit=false"],
+         "--device", "cpu", "--batch-size", "2", "--workers", "2", "-O", "rescale_12bit=false"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     return out
