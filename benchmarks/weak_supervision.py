@@ -124,7 +124,9 @@ def run_method(name: str, args: argparse.Namespace, paths: dict[str, Path], seed
     run_predict(
         out / "last.pt", paths["cells_test"], out / "predict", pcfg, masks_dir=paths["test"] / "masks"
     )
-    return {**score(out / "predict" / "submission.csv", paths["test"]), "train_seconds": seconds}
+    res = {**score(out / "predict" / "submission.csv", paths["test"]), "train_seconds": seconds}
+    (out / "result.json").write_text(json.dumps(res))
+    return res
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -153,6 +155,11 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2, help="synth/crop processes")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="train nothing: summarise the result.json of the runs in --work (seeds run in parallel)",
+    )
     args = p.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -167,11 +174,15 @@ def main() -> None:
     per: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:
         for m in methods:
-            res = run_method(m, args, paths, seed, work / f"{m}-seed{seed}")
+            out = work / f"{m}-seed{seed}"
+            if args.summarize_only:
+                res = json.loads((out / "result.json").read_text())
+            else:
+                res = run_method(m, args, paths, seed, out)
             per[m].append(res)
             print(json.dumps({"method": m, "seed": seed, **res}), flush=True)
     result: dict[str, Any] = {
-        "config": {k: v for k, v in vars(args).items() if k != "work"},
+        "config": {k: v for k, v in vars(args).items() if k not in ("work", "summarize_only")},
         "checkpoint": "last.pt",
         "random": {k: round(v, 4) for k, v in rnd.items()},
         "methods": {},

@@ -74,7 +74,7 @@ class TrainConfig(BaseModel):
         description="inherit: per-cell BCE on the targets; mil: per-cell BCE on the classes absent "
         "from the image (certain negatives) + the image's classes on cells pooled per image",
     )
-    mil_pool: Literal["lse", "topk", "max", "mean"] = Field("lse", description="pooling of an image's cells")
+    mil_pool: Literal["lse", "topk", "max", "mean"] = Field("topk", description="pooling of an image's cells")
     mil_r: float = Field(5.0, gt=0.0, description="LSE sharpness (large: max, small: mean)")
     mil_topk: float = Field(0.5, gt=0.0, le=1.0, description="top-k mean pools this share of the cells")
     mil_cell_weight: float = Field(

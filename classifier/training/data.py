@@ -215,10 +215,10 @@ def make_train_loader(
     if workers > 0:
         common["prefetch_factor"] = 4
     items = SeededItems(dataset)
-    if config.sampler == "image" or config.weak_loss == "mil":
-        groups = getattr(dataset, "groups", None)
+    groups = getattr(dataset, "groups", None)  # set on cell datasets by build_cell_data
+    if config.sampler == "image" or (config.weak_loss == "mil" and groups is not None):
         if groups is None:
-            raise InputError("image-grouped batches (sampler=image, weak_loss=mil) need a cell dataset")
+            raise InputError("sampler=image needs a cell dataset (the image of every cell)")
         ibs = ImageBatchSampler(groups, config.batch_size, seed=config.seed, rank=rank, world_size=world_size)
         seeded = SeededSampler(ibs, config.seed, rank)
         seeded.set_epoch(epoch)
