@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests never use the network: albumentations otherwise checks for a newer version at import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HPACELL_SHARED_DATA", REPO.parent / "shared" / "data"))
 
