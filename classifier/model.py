@@ -6,8 +6,13 @@ of per-cell feature columns -> BatchNorm -> dropout -> linear embedding (E) ->
 BatchNorm + ReLU -> linear to the classes. The triplet loss works on the
 embedding.
 
-Nothing is downloaded: timm is always asked for ``pretrained=False``; ImageNet
-weights come from a local file (:func:`load_pretrained`).
+ImageNet weights (``pretrained``) come from a local state-dict file
+(:func:`load_pretrained`) or, by name (``"imagenet"`` or a timm tag such as
+``"resnet50.a1_in1k"``), through timm's own pretrained mechanism and the Hugging Face
+hub cache (:func:`timm_pretrained_state_dict`): downloaded once when online, read from
+the cache when ``HF_HUB_OFFLINE`` is set. Either way the RGB first convolution gets
+the 4th (yellow) input (:func:`adapt_first_conv`). Loading a checkpoint never
+downloads anything.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(InputError):
     """A file that is not the checkpoint or weights it was given as; the message names the file."""
+
+
+class PretrainedError(InputError):
+    """Named pretrained weights that cannot be had (unknown tag, offline and not cached, no network)."""
 
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.fc.", "last_linear.")
@@ -121,16 +130,142 @@ def create_model(
 ) -> CellClassifier:
     """Build a :class:`CellClassifier` around the timm backbone ``name``.
 
-    ``pretrained`` is a local ImageNet state dict (see :func:`load_pretrained`);
-    nothing is downloaded.
+    ``pretrained`` is a local ImageNet state-dict file (:func:`load_pretrained`), or
+    ``"imagenet"`` (timm's default weights of ``name``) or a timm tag of the same
+    architecture (``"resnet50.a1_in1k"``, or just ``"a1_in1k"``), fetched by
+    :func:`timm_pretrained_state_dict`.
     """
     try:
         backbone = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0)
     except RuntimeError as e:  # timm: "Unknown model"
         raise InputError(f"unknown timm model {name!r}: {e}") from None
     if pretrained is not None:
-        load_pretrained(backbone, pretrained, fourth_channel_init=fourth_channel_init)
+        tag = pretrained_tag(name, pretrained)
+        if tag is None:
+            load_pretrained(backbone, pretrained, fourth_channel_init=fourth_channel_init)
+        else:
+            _load_backbone_state(backbone, timm_pretrained_state_dict(tag), tag, fourth_channel_init)
     return CellClassifier(backbone, num_classes, pool, embedding_dim, dropout, n_features)
+
+
+# --------------------------------------------------------------------------- pretrained weights by name
+def pretrained_tag(model: str, pretrained: str | os.PathLike) -> str | None:
+    """The timm name (``arch.tag``) that ``pretrained`` names for ``model``; None for a local file.
+
+    An existing path is a file. ``"imagenet"`` is timm's default pretrained tag of
+    ``model`` (or the tag ``model`` itself carries); ``"arch.tag"`` or a bare ``"tag"`` of
+    ``model``'s architecture name timm weights. Anything else is taken as a file name.
+
+    Raises
+    ------
+    PretrainedError
+        For ``"imagenet"`` on a model without timm weights, or a tag of another architecture.
+
+    Examples
+    --------
+    >>> pretrained_tag("resnet18", "imagenet"), pretrained_tag("resnet18", "tv_in1k")
+    ('resnet18.a1_in1k', 'resnet18.tv_in1k')
+    >>> pretrained_tag("resnet18", "weights/resnet18.pth") is None
+    True
+    """
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    spec = str(pretrained)
+    if isinstance(pretrained, os.PathLike) or Path(spec).exists():
+        return None
+    arch, own_tag = split_model_name_tag(model)
+
+    def cfg(full: str) -> Any:
+        try:
+            return get_pretrained_cfg(full)
+        except RuntimeError:  # timm: invalid tag for the architecture
+            return None
+
+    if spec == "imagenet":
+        found = cfg(model)
+        if found is None:
+            raise PretrainedError(
+                f"--pretrained imagenet: timm has no pretrained weights for {model!r}; "
+                "pass a local weights file (--pretrained FILE)"
+            )
+        return f"{arch}.{own_tag or found.tag}"
+    other, tag = split_model_name_tag(spec)
+    if tag and cfg(spec) is not None and "/" not in spec:
+        if other != arch:
+            raise PretrainedError(f"--pretrained {spec}: weights of {other!r}, but the model is {arch!r}")
+        return spec
+    if not tag and cfg(f"{arch}.{spec}") is not None:
+        return f"{arch}.{spec}"
+    return None
+
+
+def _hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as the environment says now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache: ``HF_HUB_CACHE``, else ``HF_HOME/hub`` (``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.path.expandvars(os.environ["HF_HUB_CACHE"])).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    home = os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def _cached_weights(cfg: Any, cache: Path) -> str | None:
+    """The cached weights file of a timm pretrained cfg (HF hub cache, or torch hub for URLs)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for filename in names:
+            found = try_to_load_from_cache(repo, filename, cache_dir=cache, revision=revision or None)
+            if isinstance(found, str):
+                return found
+        return None
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url.split("?")[0])
+        return str(path) if path.is_file() else None
+    return None
+
+
+def timm_pretrained_state_dict(tag: str) -> dict[str, torch.Tensor]:
+    """The ImageNet backbone weights timm has for ``tag`` (``arch.tag``), as a 3-channel state dict.
+
+    timm's own mechanism loads them (its download, cache and checkpoint filters). Online,
+    files are downloaded once into the Hugging Face hub cache (:func:`hub_cache_dir`);
+    with ``HF_HUB_OFFLINE`` set, only the cache is read and nothing is downloaded.
+
+    Raises
+    ------
+    PretrainedError
+        Offline and not cached, or the download failed; the message says what to do.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(tag)
+    cache = hub_cache_dir()
+    kwargs: dict[str, Any] = {"cache_dir": cache} if cfg.hf_hub_id else {}
+    if _hub_offline():
+        found = _cached_weights(cfg, cache)
+        if found is None:
+            raise PretrainedError(
+                f"--pretrained {tag}: HF_HUB_OFFLINE is set and the weights are not in the cache {cache}; "
+                "pass a local weights file (--pretrained FILE), or unset HF_HUB_OFFLINE to download them once"
+            )
+        kwargs = {"pretrained_cfg_overlay": {"file": found}}
+    try:
+        source = timm.create_model(tag, pretrained=True, num_classes=0, **kwargs)
+    except Exception as e:  # network, hub or file errors of the download: the user's environment
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise PretrainedError(
+            f"--pretrained {tag}: cannot get timm's weights ({type(e).__name__}: {reason}); "
+            "check the network, or pass a local weights file (--pretrained FILE)"
+        ) from e
+    log.info("pretrained %s from timm (cache %s)", tag, kwargs.get("pretrained_cfg_overlay", cache))
+    return source.state_dict()
 
 
 def _load_file(path: Path, what: str, hint: str = "") -> Any:
@@ -186,7 +321,15 @@ def load_pretrained(backbone: nn.Module, path: str | os.PathLike, fourth_channel
     channel count. Raises ``FileNotFoundError`` / ``ValueError`` naming the file.
     """
     path = Path(path)
-    sd = _unwrap(_load_file(path, "pretrained weights file", " (nothing is downloaded)"), path)
+    hint = " (nor 'imagenet' or a timm pretrained tag of the model)"
+    sd = _unwrap(_load_file(path, "pretrained weights file", hint), path)
+    _load_backbone_state(backbone, sd, str(path), fourth_channel_init)
+
+
+def _load_backbone_state(
+    backbone: nn.Module, sd: dict[str, torch.Tensor], source: str, fourth_channel_init: str
+) -> None:
+    """Copy the matching tensors of ``sd`` into ``backbone`` (first conv adapted, classifier dropped)."""
     own = backbone.state_dict()
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
@@ -196,16 +339,16 @@ def load_pretrained(backbone: nn.Module, path: str | os.PathLike, fourth_channel
             v = adapt_first_conv(v, own[k].shape[1], fourth_channel_init)
         if v.shape != own[k].shape:
             raise CheckpointError(
-                f"{path}: {k} has shape {tuple(v.shape)}, the model wants {tuple(own[k].shape)}"
+                f"{source}: {k} has shape {tuple(v.shape)}, the model wants {tuple(own[k].shape)}"
             )
         out[k] = v
     if not out:
-        raise CheckpointError(f"{path}: no parameter names match the backbone (wrong architecture?)")
+        raise CheckpointError(f"{source}: no parameter names match the backbone (wrong architecture?)")
     missing = [k for k in own if k not in out]
     if missing:
-        log.warning("%s: %d backbone tensors not in the file, e.g. %s", path, len(missing), missing[:3])
+        log.warning("%s: %d backbone tensors not in the file, e.g. %s", source, len(missing), missing[:3])
     backbone.load_state_dict(out, strict=False)
-    log.info("loaded %d pretrained tensors from %s", len(out), path)
+    log.info("loaded %d pretrained tensors from %s", len(out), source)
 
 
 def model_from_config(

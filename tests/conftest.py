@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# Tests never use the network: albumentations otherwise checks for a newer version at import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HPACELL_SHARED_DATA", REPO.parent / "shared" / "data"))
 

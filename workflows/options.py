@@ -77,7 +77,8 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --ou
 Pretrained = Annotated[
     str | None,
     typer.Option(
-        "--pretrained", help="ImageNet weights: a local state-dict file, or 'imagenet' / a timm tag."
+        "--pretrained",
+        help="ImageNet weights: a local state-dict file, or 'imagenet' / a timm tag (HF hub cache).",
     ),
 ]
 Sampler = Annotated[str | None, typer.Option("--sampler", help="random, oversample (rare classes) or pk.")]

@@ -31,7 +31,9 @@ class TrainConfig(BaseModel):
 
     # --- model
     model: str = Field("resnet50", description="timm backbone name")
-    pretrained: str | None = Field(None, description="local timm/torchvision ImageNet state dict")
+    pretrained: str | None = Field(
+        None, description="ImageNet weights: a local state-dict file, 'imagenet' or a timm tag (a1_in1k)"
+    )
     fourth_channel_init: Literal["red", "green", "blue", "mean"] = Field(
         "red", description="first-conv filters copied for the 4th (yellow) channel"
     )

@@ -1,5 +1,5 @@
 """Plumbing shared by every stage: atomic files, the job runner, small tables
-(ID lists, failures, Parquet), intensity scaling, pictures, errors.
+(ID lists, failures, Parquet), the strict options base, intensity scaling, pictures, errors.
 
 Nothing here knows about cells or labels; each stage (:mod:`hpacell.segmentation`,
 :mod:`hpacell.cellcrops`, :mod:`hpacell.classifier`, :mod:`hpacell.workflows`) may import it.
@@ -24,6 +24,9 @@ _EXPORTS = {
     "draw_outlines": ".render",
     "side_by_side": ".render",
     "lazy_exports": ".lazy",
+    "Options": ".options",
+    "OptionsError": ".options",
+    "validation_message": ".options",
     "read_id_list": ".tables",
     "read_id_table": ".tables",
     "write_failures": ".tables",

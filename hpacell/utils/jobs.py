@@ -68,10 +68,13 @@ def run_jobs(
         ``<= 1`` runs in this process (no pickling, easy to debug).
     desc : str, optional
         Progress bar label (tqdm, hidden when not a terminal).
+    total : int, optional
+        Number of items for the progress bar; default ``len(items)`` when it has one (a
+        generator has none: pass it).
     """
-    items = iter(items)
     if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
+        total = len(items)  # type: ignore[arg-type]  # sized before iter(), which has no length
+    items = iter(items)
     bar = tqdm(total=total, desc=desc, disable=None, unit="img")
     try:
         if workers <= 1:

@@ -29,7 +29,7 @@ def test_pretrained_first_conv_adaptation(tmp_path, fourth, src):
 
 
 def test_pretrained_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    with pytest.raises(FileNotFoundError, match="missing.pth: pretrained weights file not found"):
         create_model("resnet18", pretrained=tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"
     torch.save({"foo.weight": torch.zeros(2)}, bad)

@@ -25,3 +25,31 @@ def test_parallel_unordered_and_ordered():
     ordered = list(run_jobs(_slow_first, range(8), workers=2, ordered=True))
     assert [r.item for r in ordered] == list(range(8))
     assert ordered[3].error and ordered[2].value == 4
+
+
+class _Bar:
+    totals: list = []
+
+    def __init__(self, total=None, **kwargs):
+        _Bar.totals.append(total)
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_progress_total_from_len_or_given(monkeypatch, tmp_path):
+    import hpacell.utils.jobs as jobs
+    from hpacell.cellcrops.synth import make_synth_dataset
+
+    monkeypatch.setattr(jobs, "tqdm", _Bar)
+    _Bar.totals = []
+    list(run_jobs(_slow_first, [1, 2, 4]))  # a list is sized (before it is turned into an iterator)
+    list(run_jobs(_slow_first, (i for i in (1, 2)), total=2))  # a generator needs the total
+    list(run_jobs(_slow_first, (i for i in (1, 2))))
+    assert _Bar.totals == [3, 2, None]
+    _Bar.totals = []
+    make_synth_dataset(tmp_path, 2, 64, seed=0, cell_scale=0.2)  # synth's bar knows its total
+    assert _Bar.totals == [2]
