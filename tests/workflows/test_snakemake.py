@@ -199,3 +199,17 @@ def test_hpacell_workflow_dry_run(images, tmp_path):
     assert res.returncode == 0, res.stderr + res.stdout
     assert "slurm_account=lab42" in res.stderr and "segment" in res.stdout + res.stderr
     assert not (tmp_path / "out").exists()
+
+
+SBATCH = REPO / "workflows" / "slurm" / "train_cells.sbatch"
+
+
+def test_readme_shows_the_sbatch_script_whole_and_the_profile_settings():
+    readme = (REPO / "README.md").read_text()
+    assert f"```bash\n{SBATCH.read_text()}```" in readme
+    assert "slurm-status-command: squeue" in readme and "HPACELL_SLURM_ACCOUNT" in readme
+
+
+def test_sbatch_script_needs_cells_and_out():
+    res = subprocess.run(["bash", str(SBATCH), "cells-only"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "usage: sbatch" in res.stderr
