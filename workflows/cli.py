@@ -30,6 +30,7 @@ COMMANDS: tuple[str, ...] = (
     "segment",
     "crop",
     "merge-cells",
+    "workflow",
     "train-cells",
     "relabel",
     "train-images",

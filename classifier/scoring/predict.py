@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from hpacell.cellcrops.labels import HPA2021, get_taxonomy, write_labels
 from hpacell.classifier.model import load_checkpoint, read_checkpoint
 from hpacell.classifier.scoring.build_submission import build_submission
+from hpacell.utils.device import resolve_device as _resolve_device
 from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_write_bytes
 from hpacell.utils.tables import write_parquet
@@ -91,10 +92,11 @@ class PredictConfig(BaseModel):
 
 # --------------------------------------------------------------------------- cell scores
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` = CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` = CUDA when available (this process's GPU), else CPU.
+
+    See :func:`hpacell.utils.device.resolve_device`.
+    """
+    return _resolve_device(name)
 
 
 def _views(x: torch.Tensor, tta: bool) -> list[torch.Tensor]:

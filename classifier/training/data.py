@@ -132,8 +132,10 @@ class TrainTransform:
 
 
 def default_workers() -> int:
-    """``min(4, cpus)``."""
-    return min(4, os.cpu_count() or 1)
+    """``min(4, CPUs of this process)``: the SLURM task's ``--cpus-per-task`` share, else the usable CPUs."""
+    from hpacell.utils.device import default_workers as workers
+
+    return workers(4)
 
 
 class SeededSampler(Sampler):

@@ -58,6 +58,7 @@ from hpacell.classifier.training.data import (
     set_loader_epoch,
 )
 from hpacell.classifier.training.losses import CellLoss, class_pos_weight
+from hpacell.utils.device import resolve_device as _resolve_device
 from hpacell.utils.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -90,20 +91,22 @@ def setup_distributed(device: str) -> DistInfo:
 
     info = DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        use_cuda = device != "cpu" and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        if "MASTER_ADDR" not in env:
+            raise InputError(
+                f"{world} ranks but MASTER_ADDR is not set: launch with torchrun, or srun inside the "
+                "allocation of workflows/slurm/train_cells.sbatch (it exports MASTER_ADDR/MASTER_PORT)"
+            )
+        dev = resolve_device(device, info.local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        log.info("rank %d of world_size=%d (local rank %d) on %s", info.rank, world, info.local_rank, dev)
     return info
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise InputError("device=cuda requested but no CUDA GPU is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """This rank's device: :func:`hpacell.utils.device.resolve_device` (one GPU per task or all per node)."""
+    return _resolve_device(name, local_rank)
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:

@@ -108,22 +108,111 @@ def test_profiles():
     assert local["executor"] == "local"
     slurm = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
     assert slurm["executor"] == "slurm"
-    assert {"slurm_partition", "runtime", "mem_mb"} <= set(slurm["default-resources"])
-    assert slurm["set-resources"]["segment"]["gpu"] == 1
+    # status without accounting; no resource lists that a command-line override would replace whole
+    assert slurm["slurm-status-command"] == "squeue"
+    assert not {"default-resources", "set-resources", "set-threads"} & set(slurm)
 
 
-def test_slurm_profile_settings_are_valid_snakemake_options(images, tmp_path):
-    # The executor plugin is not installed here: check everything else of the profile with a dry run.
+def slurm_dry_run(tmp_path: Path, images: Path, *config: str, sinfo: str | None = None, **env: str) -> str:
+    """Dry run through the SLURM profile (its executor settings only where the plugin is installed)."""
     profile = tmp_path / "profile"
-    profile.mkdir()
+    profile.mkdir(exist_ok=True)
     settings = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
-    settings.pop("executor")
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        settings = {k: v for k, v in settings.items() if k != "executor" and not k.startswith("slurm-")}
     (profile / "config.yaml").write_text(yaml.safe_dump(settings))
-    res = snakemake(
-        tmp_path, "-n", "--config", f"images={images}", f"out={tmp_path / 'out'}", profile=profile
-    )
+    path = os.environ.get("PATH", "")
+    if sinfo is not None:  # a fake sinfo: "CPUS MEMORY_MB" per node
+        fake = tmp_path / "bin"
+        fake.mkdir(exist_ok=True)
+        (fake / "sinfo").write_text(f"#!/bin/sh\nprintf '{sinfo}\\n'\n")
+        (fake / "sinfo").chmod(0o755)
+        path = f"{fake}{os.pathsep}{path}"
+    cmd = [str(BIN / "snakemake"), "-s", str(SNAKEFILE), "--workflow-profile", str(profile), "-n",
+           "--cores", "8", "--config", f"images={images}", f"out={tmp_path / 'out'}", "crop=true",
+           *config]  # fmt: skip
+    env = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{path}"}
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr + res.stdout
-    assert "gpu=1" in res.stdout + res.stderr and "slurm_partition=gpu" in res.stdout + res.stderr
+    return res.stdout + res.stderr
+
+
+def _resources(log: str, rule: str) -> str:
+    lines = log.splitlines()
+    start = lines.index(f"rule {rule}:")
+    return next(line for line in lines[start:] if line.strip().startswith("resources:"))
+
+
+def test_slurm_profile_builtin_backend_asks_no_gpu_and_follows_workers(images, tmp_path, monkeypatch):
+    for var in ("HPACELL_SLURM_ACCOUNT", "HPACELL_SLURM_PARTITION", "HPACELL_SLURM_GPU_PARTITION"):
+        monkeypatch.delenv(var, raising=False)
+    log = slurm_dry_run(tmp_path, images, "workers=3", sinfo="64 512000")
+    seg = _resources(log, "segment")
+    assert "mem_mb=6000" in seg and "runtime=60" in seg
+    assert "gpu" not in seg and "slurm_account" not in seg and "slurm_partition" not in seg
+    assert "--workers 3" in log and "threads: 3" in log
+    assert "mem_mb=6000" in _resources(log, "crop")
+
+
+def test_slurm_profile_hpacellseg_gets_a_gpu_account_and_partitions(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("HPACELL_SLURM_ACCOUNT", "lab42")
+    monkeypatch.setenv("HPACELL_SLURM_PARTITION", "cpu")
+    log = slurm_dry_run(tmp_path, images, "backend=hpacellseg", "gpu_partition=gpu", sinfo="64 512000")
+    seg, crop = _resources(log, "segment"), _resources(log, "crop")
+    assert "gpu=1" in seg and "slurm_partition=gpu" in seg and "slurm_account=lab42" in seg
+    assert "mem_mb=8000" in seg
+    assert "gpu" not in crop.replace("slurm_partition=cpu", "") and "slurm_partition=cpu" in crop
+    # the config key wins over the environment variable; gpus=0 runs hpacellseg on CPU
+    log = slurm_dry_run(tmp_path, images, "backend=hpacellseg", "gpus=0", "slurm_account=other")
+    seg = _resources(log, "segment")
+    assert "gpu=" not in seg and "slurm_account=other" in seg and "runtime=240" in seg
+
+
+def test_slurm_requests_are_capped_at_the_largest_node(images, tmp_path):
+    log = slurm_dry_run(tmp_path, images, "workers=4", sinfo="2 3000\\n2+ 2500+")
+    assert "mem_mb=3000" in _resources(log, "segment") and "--workers 2" in log
+
+
+def test_workflow_command_line(tmp_path):
+    from hpacell.utils.errors import InputError
+    from hpacell.workflows.commands.workflow import snakemake_command
+
+    cmd = snakemake_command(tmp_path / "im", tmp_path / "out", ["workers=2"], "slurm", dry_run=True,
+                            extra="--jobs 5")  # fmt: skip
+    assert cmd[1:3] == ["-m", "snakemake"] and Path(cmd[4]).name == "Snakefile" and Path(cmd[4]).is_file()
+    assert cmd[5:7] == ["--workflow-profile", str(PROFILES.resolve() / "slurm")]
+    assert cmd[7:] == ["--config", f"images={tmp_path / 'im'}", f"out={tmp_path / 'out'}", "workers=2",
+                       "--dry-run", "--jobs", "5"]  # fmt: skip
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        snakemake_command(tmp_path, tmp_path, ["workers"])
+    with pytest.raises(InputError, match="--profile"):
+        snakemake_command(tmp_path, tmp_path, [], profile=str(tmp_path))
+
+
+def test_hpacell_workflow_dry_run(images, tmp_path):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [str(BIN / "hpacell"), "workflow", str(images), str(tmp_path / "out"), "shard_size=2", "--dry-run",
+           "--account", "lab42"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "slurm_account=lab42" in res.stderr and "segment" in res.stdout + res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+SBATCH = REPO / "workflows" / "slurm" / "train_cells.sbatch"
+
+
+def test_readme_shows_the_sbatch_script_whole_and_the_profile_settings():
+    readme = (REPO / "README.md").read_text()
+    assert f"```bash\n{SBATCH.read_text()}```" in readme
+    assert "slurm-status-command: squeue" in readme and "HPACELL_SLURM_ACCOUNT" in readme
+
+
+def test_sbatch_script_needs_cells_and_out():
+    res = subprocess.run(["bash", str(SBATCH), "cells-only"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "usage: sbatch" in res.stderr
 
 
 @pytest.mark.skipif("crop" not in COMMANDS, reason="no hpacell crop")

@@ -117,6 +117,8 @@ def command(
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     summary = train_cells(cells, out, cfg, resume=resume)
+    if not summary:  # a rank other than 0 under DDP: rank 0 prints the summary
+        return
     best = summary.get("best", {})
     keep = ("epoch", "val_targets", "val_macro_f1", "val_macro_f1_tuned", "val_map")
     typer.echo(
