@@ -163,7 +163,11 @@ def make_train_loader(
     else:
         sampler = ShuffleSampler(len(dataset), seed=config.seed, rank=rank, world_size=world_size)
     sampler.set_epoch(epoch)
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, **common)
+    # the incomplete last batch is dropped only when there are full ones; a single sample makes no batch
+    # (BatchNorm needs two), so fewer than 2 per rank gives an empty loader, which fit refuses
+    n = len(sampler)
+    drop_last = n > config.batch_size or n < 2
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=drop_last, **common)
 
 
 def make_eval_loader(dataset: Dataset, config: TrainConfig) -> DataLoader:
