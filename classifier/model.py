@@ -269,13 +269,32 @@ def timm_pretrained_state_dict(tag: str) -> dict[str, torch.Tensor]:
 
 
 def _load_file(path: Path, what: str, hint: str = "") -> Any:
-    """``torch.load(weights_only=True)`` on CPU with errors that name the file."""
+    """``torch.load(weights_only=True)`` on CPU; a failure is one line naming the file and what it is not."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found{hint}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not a {what} (an empty file, 0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(4)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read {what.removesuffix(' file')}: {e}") from None
+    except Exception as e:  # torch raises many types, with multi-line advice we do not want to repeat
+        raise CheckpointError(f"{path}: not a {what} ({_unreadable(head, e)})") from None
+
+
+def _unreadable(head: bytes, error: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words (the file's first bytes tell a zip/pickle from junk)."""
+    import re
+
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"a pickled Python object, {found.group(1)}, not only tensors and plain values"
+    if head.startswith(b"PK\x03\x04"):
+        return "a damaged or truncated PyTorch file"
+    if head[:1] == b"\x80":
+        return "a pickle that torch.load(weights_only=True) cannot read"
+    return "not a PyTorch file"
 
 
 def _unwrap(sd: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -366,37 +385,133 @@ def model_from_config(
     )
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+CHECKPOINT_KINDS = {
+    "cells": "a cell classifier checkpoint (hpacell train-cells; scored with hpacell predict)",
+    "images": "an image-level checkpoint (hpacell train-images; scored with hpacell predict-images)",
+}
+
+
+def checkpoint_kind(config: dict[str, Any]) -> str:
+    """``"images"`` for a train-images run config (it has ``channels``), else ``"cells"``.
+
+    Examples
+    --------
+    >>> checkpoint_kind({"model": "resnet18"}), checkpoint_kind({"model": "resnet18", "channels": ["green"]})
+    ('cells', 'images')
+    """
+    return "images" if "channels" in config else "cells"
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
     """The dict of an hpacell checkpoint (``best.pt``/``last.pt``), on the CPU.
 
-    Loads with ``weights_only=True`` (only tensors and plain Python types).
+    Loads with ``weights_only=True`` (only tensors and plain Python types) and
+    checks the parts every reader relies on (``model`` state dict, ``config``
+    with a ``model`` name, ``classes``, ``crop_size``, ``thresholds``). With
+    ``kind`` (``"cells"`` or ``"images"``) a checkpoint of the other kind is refused.
 
     Raises
     ------
     FileNotFoundError, CheckpointError
-        Naming the file: missing, unreadable, or not an hpacell checkpoint.
+        Naming the file: missing, unreadable, not an hpacell checkpoint, or of the other kind.
     """
     path = Path(path)
     ckpt = _load_file(path, "checkpoint")
+    what = "an hpacell checkpoint (best.pt/last.pt of hpacell train-cells or train-images)"
+    if isinstance(ckpt, torch.Tensor):
+        raise CheckpointError(f"{path}: a bare tensor, not {what}")
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: not an hpacell checkpoint (a {type(ckpt).__name__}, not a dict)")
-    for key in ("model", "config", "classes"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path}: not an hpacell checkpoint (no {key!r})")
+        raise CheckpointError(f"{path}: a {type(ckpt).__name__}, not {what}")
+    if _is_state_dict(ckpt) or _is_state_dict(ckpt.get("state_dict")):
+        raise CheckpointError(
+            f"{path}: bare model weights (a state dict without config and classes), not {what}; "
+            "ImageNet weights go to --pretrained"
+        )
+    missing = [k for k in ("model", "config", "classes", "crop_size") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: no {', '.join(map(repr, missing))} in it: not {what}")
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}: not {what}")
+    if kind is not None:
+        found = ckpt.get("kind") or checkpoint_kind(ckpt["config"])
+        if found != kind:
+            raise CheckpointError(
+                f"{path}: {CHECKPOINT_KINDS[found]}, not {CHECKPOINT_KINDS[kind].split(' (')[0]}"
+            )
     return ckpt
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the parts of a loaded checkpoint dict, or ``None``."""
+    config, classes = ckpt["config"], ckpt["classes"]
+    if not _is_state_dict(ckpt["model"]):
+        return "its 'model' is not a state dict of tensors"
+    if ckpt.get("ema") is not None and not _is_state_dict(ckpt["ema"]):
+        return "its 'ema' is not a state dict of tensors"
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        return "its 'config' has no backbone name ('model')"
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "its 'classes' is not a list of class names"
+    if isinstance(ckpt["crop_size"], bool) or not isinstance(ckpt["crop_size"], int) or ckpt["crop_size"] < 1:
+        return f"its 'crop_size' ({ckpt['crop_size']!r}) is not a positive integer"
+    thr = ckpt.get("thresholds")
+    if thr is not None and (
+        not isinstance(thr, list)
+        or len(thr) != len(classes)
+        or not all(isinstance(t, float | int) for t in thr)
+    ):
+        return f"its 'thresholds' are not {len(classes)} numbers (one per class)"
+    if not isinstance(ckpt.get("feature_columns") or [], list):
+        return "its 'feature_columns' is not a list"
+    if not isinstance(ckpt.get("in_chans", 4), int):
+        return "its 'in_chans' is not an integer"
+    if ckpt.get("kind") is not None and ckpt["kind"] not in CHECKPOINT_KINDS:
+        return f"unknown kind {ckpt['kind']!r}"
+    return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", kind: str | None = None
+) -> tuple[nn.Module, dict]:
     """Load ``best.pt``/``last.pt``: ``(model in eval mode, checkpoint dict)``.
 
-    Uses the EMA weights when the checkpoint has them (:func:`read_checkpoint`).
+    Uses the EMA weights when the checkpoint has them; ``kind`` as in :func:`read_checkpoint`.
     """
-    ckpt = read_checkpoint(path)
-    model = model_from_config(
-        ckpt["config"],
-        len(ckpt["classes"]),
-        len(ckpt.get("feature_columns") or []),
-        in_chans=int(ckpt.get("in_chans", 4)),
-    )
-    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])
+    ckpt = read_checkpoint(path, kind)
+    try:
+        model = model_from_config(
+            ckpt["config"],
+            len(ckpt["classes"]),
+            len(ckpt.get("feature_columns") or []),
+            in_chans=int(ckpt.get("in_chans", 4)),
+        )
+    except InputError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError(f"{path}: {weight_mismatch(model, weights, ckpt['config'])}") from None
     return model.to(device).eval(), ckpt
+
+
+def weight_mismatch(model: nn.Module, weights: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
+    """One line on why ``weights`` do not fit ``model`` (missing/unexpected names, other shapes)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (e.g. {k} {tuple(weights[k].shape)})")
+    return f"its weights do not fit a {config.get('model')} model: {', '.join(parts) or 'mismatch'}"

@@ -114,7 +114,7 @@ def run_demo(
     from hpacell.classifier.scoring.submission import read_submission
     from hpacell.classifier.training.config import TrainConfig
     from hpacell.classifier.training.data import build_cell_data
-    from hpacell.classifier.training.train import fit
+    from hpacell.classifier.training.train import check_resume, fit
     from hpacell.utils.files import atomic_write_bytes
     from hpacell.utils.outputs import claim_folder
 
@@ -162,6 +162,7 @@ def run_demo(
             seed=cfg.seed, folds=5, warmup_epochs=0, backbone_lr_mult=1.0, schedule="onecycle",
             embedding_dim=128, triplet_lambda=0.0, num_workers=min(cfg.workers, 2),
         )  # fmt: skip
+        check_resume(run, tcfg)  # a changed model etc. is refused before config.yaml is rewritten
         save_config(tcfg, run / "config.yaml")
         done = _finished_epochs(run)
         if done < cfg.epochs:
@@ -172,7 +173,8 @@ def run_demo(
     with step("predict", "predict the held-out test images + Kaggle submission"):
         pcfg = PredictConfig(device=cfg.device, workers=cfg.workers)
         save_config(pcfg, pred / "predict.yaml")
-        run_predict(run / "best.pt", test_cells, pred, pcfg, masks_dir=test_masks)
+        # the demo's own folder: reuse the cell scores when best.pt and the cells are the same, else redo
+        run_predict(run / "best.pt", test_cells, pred, pcfg, masks_dir=test_masks, on_change="recompute")
 
     with step("evaluate", "evaluate: mAP@0.6 against the synthetic per-cell truth"):
         sub = read_submission(pred / "submission.csv", n_classes=len(HPA2021.classes))
@@ -204,7 +206,9 @@ def run_demo(
             real_out = out / "real"
             masks = _segment(real, real_out / "segment", cfg.workers, overlays=True)
             cells = _crop(real, masks, real_out / "cells", cfg.crop_size, cfg.workers)
-            res = run_predict(run / "best.pt", cells, real_out / "predict", pcfg, masks_dir=masks)
+            res = run_predict(
+                run / "best.pt", cells, real_out / "predict", pcfg, masks_dir=masks, on_change="recompute"
+            )
             table = pd.read_parquet(real_out / "predict" / CELL_SCORES)
             make_report(real_out / "predict", cells, table, meta["classes"], real, masks)
             summary["real"] = {

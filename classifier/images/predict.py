@@ -124,7 +124,7 @@ def validation_report(
     from hpacell.classifier.model import load_checkpoint
 
     out = Path(out)
-    model, ckpt = load_checkpoint(checkpoint, device)
+    model, ckpt = load_checkpoint(checkpoint, device, kind="images")
     probs, ok = score_images(model, val, batch_size=batch_size, device=device, tta=tta)
     y = np.asarray(val.labels)[ok]
     p = probs[ok]
@@ -201,7 +201,7 @@ def predict_images(
 
     out = Path(out)
     dev = resolve_device(cfg.device)
-    model, ckpt = load_checkpoint(checkpoint, dev)
+    model, ckpt = load_checkpoint(checkpoint, dev, kind="images")
     tax = get_taxonomy(ckpt.get("taxonomy", "hpa2021"))
     channels = list(ckpt["config"].get("channels") or ["red", "green", "blue", "yellow"])
     size = int(ckpt["crop_size"])

@@ -15,7 +15,7 @@ from typing import Any
 
 from hpacell.classifier.images.data import ImageTrainConfig, build_image_data
 from hpacell.classifier.images.predict import validation_report
-from hpacell.classifier.training.train import fit, resolve_device
+from hpacell.classifier.training.train import check_resume, fit, resolve_device
 from hpacell.utils.files import atomic_write_bytes
 from hpacell.utils.tables import write_failures
 
@@ -37,6 +37,8 @@ def train_images(
     thresholds) and, when images failed, ``RUN/failures.csv``.
     """
     out = Path(out_dir)
+    if resume:
+        check_resume(out, config)  # before the cache and failures.csv are written
     cache_root = Path(config.cache_dir) if config.cache_dir else out / "cache"
     data = build_image_data(images_dir, labels_path, config, cache_root)
     failures = data.info["failed_images"]

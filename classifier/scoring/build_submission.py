@@ -61,8 +61,9 @@ def build_submission(
         Folder of ``<ID>_cellmask.png``.
     ids_path : path, optional
         A sample submission: its IDs, order and sizes; IDs without cells get an
-        empty string. Without it: every image of the table and every cell mask
-        in ``masks_dir``.
+        empty string (an ID with neither cells nor a mask file is also recorded
+        in ``failed``: no such image was segmented). Without it: every image of
+        the table and every cell mask in ``masks_dir``.
 
     Returns
     -------
@@ -101,8 +102,10 @@ def build_submission(
     done = {r[0] for r in out_rows}
     missing = [i for i in ids if i not in done]
     for image_id in missing:
+        p = masks_dir / f"{image_id}{CELLMASK_SUFFIX}"
+        if image_id not in groups and not p.is_file():  # an ID of the list that was never segmented
+            failed.setdefault(image_id, f"no image: no cells and no {p.name} in {masks_dir}")
         if image_id not in sizes:
-            p = masks_dir / f"{image_id}{CELLMASK_SUFFIX}"
             if p.is_file():
                 h, w = read_mask(p).shape
                 sizes[image_id] = (w, h)

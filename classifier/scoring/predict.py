@@ -61,6 +61,7 @@ from hpacell.classifier.scoring.build_submission import build_submission
 from hpacell.utils.device import resolve_device as _resolve_device
 from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.outputs import check_stamp, file_digest, fingerprint, write_stamp
 from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ CELL_SCORES = "cell_scores.parquet"
 IMAGE_SCORES = "image_scores.csv"
 IMAGE_LABELS = "image_labels.csv"
 SUBMISSION = "submission.csv"
+SCORES_STAMP = "cell_scores.stamp.json"
 
 
 class PredictConfig(BaseModel):
@@ -194,6 +196,10 @@ def aggregate(image_ids: Sequence[str], probs: np.ndarray, how: str = "max", k: 
     cols = [str(c) for c in range(probs.shape[1])]
     if how not in ("max", "mean", "topk"):
         raise InputError(f"unknown aggregation {how!r} (max, mean or topk)")
+    if probs.shape[0] == 0:  # a dataset without cells: no image scores
+        return pd.DataFrame(
+            np.zeros((0, probs.shape[1])), index=pd.Index([], name="ID", dtype=str), columns=cols
+        )
     uniq, inv = np.unique(ids.astype(str), return_inverse=True)
     out = np.zeros((uniq.size, probs.shape[1]))
     order = np.argsort(inv, kind="stable")
@@ -284,7 +290,7 @@ def predict_table(
     from hpacell.classifier.training.data import default_workers, eval_transform
 
     device = resolve_device(config.device)
-    model, ckpt = load_checkpoint(checkpoint, device)
+    model, ckpt = load_checkpoint(checkpoint, device, kind="cells")
     feats = list(ckpt.get("feature_columns") or [])
     ds = CellDataset(
         cells_dir, transform=eval_transform(int(ckpt["crop_size"])), feature_columns=feats or None
@@ -315,6 +321,39 @@ def predict_table(
     return table, ckpt
 
 
+def cells_identity(cells_dir: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a cell dataset's content, cheaply: digests of ``cells.parquet`` and of
+    ``meta.json`` (less its time stamp and source paths), and each crop shard's name, size and mtime."""
+    d = Path(cells_dir)
+    table, meta = d / "cells.parquet", d / "meta.json"
+    ident: dict[str, Any] = {"cells": file_digest(table) if table.is_file() else None, "meta": None}
+    if meta.is_file():
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+        except ValueError:
+            info = meta.read_text(encoding="utf-8", errors="replace")
+        if isinstance(info, dict):
+            info = {k: v for k, v in info.items() if k not in ("written", "sources")}
+        ident["meta"] = fingerprint(info)
+    shards = sorted(d.glob("shard-*.npy"))
+    ident["shards"] = fingerprint([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards])
+    return ident
+
+
+def scores_stamp(checkpoint: str | os.PathLike, cells_dir: str | os.PathLike, config: PredictConfig) -> dict:
+    """The inputs and options that make ``cell_scores.parquet``: checkpoint content, cells, TTA, embeddings.
+
+    The other options (aggregation, thresholds, blending, submission) only shape the files
+    recomputed from the cell scores on every run.
+    """
+    return {
+        "checkpoint": file_digest(checkpoint),
+        **{f"dataset_{k}": v for k, v in cells_identity(cells_dir).items()},
+        "tta": config.tta,
+        "embeddings": config.embeddings,
+    }
+
+
 def run_predict(
     checkpoint: str | os.PathLike,
     cells_dir: str | os.PathLike,
@@ -324,22 +363,43 @@ def run_predict(
     ids_path: str | os.PathLike | None = None,
     image_scores_path: str | os.PathLike | None = None,
     overwrite: bool = False,
+    on_change: Literal["refuse", "recompute"] = "refuse",
+    failures: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole of ``hpacell predict`` on a cell dataset; returns a summary (also ``summary.json``).
 
-    A finished ``cell_scores.parquet`` is reused unless ``overwrite`` (the
-    checkpoint is then read only for its classes and thresholds).
+    A finished ``cell_scores.parquet`` is reused only when its stamp
+    (``cell_scores.stamp.json``: :func:`scores_stamp`, the checkpoint's content,
+    the cell dataset and the TTA/embedding options) equals this run's; the
+    checkpoint is then read only for its classes and thresholds. When they differ
+    the run is refused (``on_change="refuse"``) or the scores recomputed
+    (``"recompute"``, as the demo does with its own folder); ``overwrite``
+    always recomputes. ``failures`` ({ID: error}, e.g. images that could not be
+    cropped) are recorded in the summary's ``failed`` with the submission's.
     """
     out = Path(out)
+    ckpt = read_checkpoint(checkpoint, kind="cells")
+    scores_path, stamp_path = out / CELL_SCORES, out / SCORES_STAMP
+    stamp = scores_stamp(checkpoint, cells_dir, config)
+    reuse = (
+        scores_path.is_file()
+        and not overwrite
+        and check_stamp(stamp_path, stamp, overwrite=on_change == "recompute", what="cell scores")
+    )
     out.mkdir(parents=True, exist_ok=True)
-    scores_path = out / CELL_SCORES
-    if scores_path.is_file() and not overwrite:
-        log.info("%s exists: reusing the cell scores (--overwrite to recompute)", scores_path)
+    if reuse:
+        log.info(
+            "%s: same checkpoint, cells and options: reusing the cell scores (--overwrite to recompute)",
+            scores_path,
+        )
         table = pd.read_parquet(scores_path)
-        ckpt = read_checkpoint(checkpoint)
     else:
+        if scores_path.is_file():
+            log.info("%s: recomputing the cell scores", scores_path)
         table, ckpt = predict_table(checkpoint, cells_dir, config)
+        stamp_path.unlink(missing_ok=True)  # a kill while the scores are rewritten leaves no stale stamp
         write_parquet(table, scores_path)
+        write_stamp(stamp_path, stamp)
     taxonomy = get_taxonomy(ckpt.get("taxonomy", HPA2021.name))
     n_out = sum(1 for c in table.columns if c.isdigit())
     probs = table[[str(c) for c in range(n_out)]].to_numpy(np.float32)
@@ -367,8 +427,12 @@ def run_predict(
             [table.drop(columns=[c for c in table.columns if c.startswith("conf_")]), blended], axis=1
         )
         write_parquet(table, scores_path)
-    elif config.cell_power != 1.0:
-        conf = conf**config.cell_power
+    else:
+        if any(c.startswith("conf_") for c in table.columns):  # blended confidences of an earlier run
+            table = table.drop(columns=[c for c in table.columns if c.startswith("conf_")])
+            write_parquet(table, scores_path)
+        if config.cell_power != 1.0:
+            conf = conf**config.cell_power
 
     summary: dict[str, Any] = {
         "checkpoint": str(checkpoint),
@@ -386,6 +450,7 @@ def run_predict(
         summary["submission"] = build_submission(
             table, conf, masks_dir, out / SUBMISSION, ids_path, config.min_confidence, config.workers
         )
+    summary["failed"] = {**(failures or {}), **summary.get("submission", {}).get("failed", {})}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
 

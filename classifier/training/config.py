@@ -8,9 +8,36 @@ and ``save_config`` work with any pydantic model.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: What ``--resume`` may change: the run's length, the step size and its schedule (rebuilt for the new
+#: total length), and how/where it runs. Everything else (model, data, split, loss, sampler, batch size,
+#: warm-up, EMA, seed, the selection metric) is fixed by ``last.pt``; a resume that changes it is refused.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "epochs",
+        "lr",
+        "backbone_lr_mult",
+        "weight_decay",
+        "schedule",
+        "grad_clip",
+        "limit_train_batches",
+        "device",
+        "amp",
+        "amp_dtype",
+        "channels_last",
+        "num_workers",
+        "deterministic",
+        "lr_find_steps",
+        "lr_find_min",
+        "lr_find_max",
+        "cache_dir",
+        "cache_workers",
+        "tta",
+    }
+)
 
 
 class TrainConfig(BaseModel):
@@ -140,3 +167,23 @@ class TrainConfig(BaseModel):
         if self.lr_find_min >= self.lr_find_max:
             raise ValueError("lr_find_min must be < lr_find_max")
         return self
+
+
+def resume_conflicts(saved: dict[str, Any], config: BaseModel) -> list[str]:
+    """The settings of ``config`` that differ from a checkpoint's ``saved`` config and may not change.
+
+    Settings missing from ``saved`` (an older checkpoint) count as their defaults.
+
+    Examples
+    --------
+    >>> saved = TrainConfig(model="resnet18").model_dump(mode="json")
+    >>> resume_conflicts(saved, TrainConfig(model="resnet18", epochs=30, lr=1e-4))
+    []
+    >>> resume_conflicts(saved, TrainConfig(model="resnet34"))
+    ["model 'resnet18' -> 'resnet34'"]
+    """
+    new = config.model_dump(mode="json")
+    old = {**type(config)().model_dump(mode="json"), **saved}
+    keys = [k for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]]
+    keys += [k for k in old if k not in new and k not in RESUME_MAY_CHANGE]
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys]

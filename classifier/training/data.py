@@ -240,7 +240,11 @@ def make_train_loader(
         sampler = ShuffleSampler(len(dataset), seed=config.seed, rank=rank, world_size=world_size)
     seeded = SeededSampler(sampler, config.seed, rank)
     seeded.set_epoch(epoch)
-    return DataLoader(items, batch_size=config.batch_size, sampler=seeded, drop_last=True, **common)
+    # the incomplete last batch is dropped only when there are full ones; a single sample makes no batch
+    # (BatchNorm needs two), so fewer than 2 per rank gives an empty loader, which fit refuses
+    n = len(seeded)
+    drop_last = n > config.batch_size or n < 2
+    return DataLoader(items, batch_size=config.batch_size, sampler=seeded, drop_last=drop_last, **common)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> DataLoader:

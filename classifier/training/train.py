@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from hpacell.classifier.metrics import f1_report, per_class_ap, tune_thresholds
-from hpacell.classifier.model import CellClassifier, create_model, read_checkpoint
-from hpacell.classifier.training.config import TrainConfig
+from hpacell.classifier.model import CellClassifier, checkpoint_kind, create_model, read_checkpoint
+from hpacell.classifier.training.config import RESUME_MAY_CHANGE, TrainConfig, resume_conflicts
 from hpacell.classifier.training.data import (
     TrainData,
     build_cell_data,
@@ -432,6 +432,17 @@ def _write_metrics(path: Path, records: Sequence[dict[str, Any]]) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _resumed_records(ckpt: dict[str, Any], metrics_path: Path, start: int) -> list[dict[str, Any]]:
+    """The records of the epochs before ``start``: from ``last.pt`` (older checkpoints: metrics.jsonl,
+    completed by the last epoch's own figures when its line was lost)."""
+    if ckpt.get("records") is not None:
+        return [r for r in ckpt["records"] if r["epoch"] < start]
+    records = [r for r in _read_metrics(metrics_path) if r["epoch"] < start]
+    if ckpt.get("metrics") and all(r["epoch"] != ckpt["epoch"] for r in records):
+        records.append(dict(ckpt["metrics"]))
+    return records
+
+
 def plot_curves(records: Sequence[dict[str, Any]], png: Path) -> Path:
     """Loss parts and validation metrics per epoch, written atomically to ``png``."""
     import matplotlib
@@ -468,6 +479,59 @@ def _score(rec: dict[str, Any], metric: str) -> float:
     return -math.inf if v is None or not np.isfinite(v) else float(v)
 
 
+# --------------------------------------------------------------------------- resume
+def check_resume(out_dir: str | os.PathLike, config: TrainConfig) -> dict[str, Any] | None:
+    """``RUN/last.pt`` checked against the options of a resume, before anything is written.
+
+    Returns the checkpoint dict (``None`` when there is no ``last.pt``: a new run).
+    A resume may change only :data:`~hpacell.classifier.training.config.RESUME_MAY_CHANGE`
+    (the length, LR and schedule, and where it runs), and ``epochs`` not below the
+    finished epochs.
+
+    Raises
+    ------
+    CheckpointError, InputError
+        ``last.pt`` is unreadable or of another kind, or the options change what it fixes.
+    """
+    last = Path(out_dir) / "last.pt"
+    if not last.exists():
+        return None
+    new = config.model_dump(mode="json")
+    ckpt = read_checkpoint(last, kind=checkpoint_kind(new))
+    for key in ("optimizer", "scheduler", "rng", "epoch"):
+        if key not in ckpt:
+            raise InputError(f"{last}: no {key!r} in it: not a training checkpoint that can be resumed")
+    conflicts = resume_conflicts(ckpt["config"], config)
+    if conflicts:
+        allowed = ", ".join(sorted(RESUME_MAY_CHANGE - {"lr_find_steps", "lr_find_min", "lr_find_max"}))
+        raise InputError(
+            f"{last}: --resume cannot change {'; '.join(conflicts)} (a resume may change only {allowed}); "
+            "train into a new --out instead"
+        )
+    done = int(ckpt["epoch"]) + 1
+    if config.epochs < done:
+        raise InputError(f"{last}: the run has finished {done} epochs; --epochs {config.epochs} is fewer")
+    return ckpt
+
+
+def _reset_hyperparameters(optimizer: torch.optim.Optimizer, fresh: list[dict[str, Any]]) -> None:
+    """After ``load_state_dict``: the new config's LRs etc., and no keys of the old schedule."""
+    for group, new in zip(optimizer.param_groups, fresh, strict=True):
+        for key in [k for k in group if k != "params" and k not in new]:
+            del group[key]
+        group.update(new)
+
+
+def _fast_forward(scheduler, steps: int) -> None:
+    """Step a freshly built scheduler ``steps`` times (as many as the run has already taken)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            scheduler.step()
+
+
 # --------------------------------------------------------------------------- the loop
 def fit(
     data: TrainData,
@@ -482,12 +546,13 @@ def fit(
     are written (tests use one to simulate a kill).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
     if last_path.exists() and not resume:
         raise FileExistsError(f"{last_path} exists: pass resume=True (--resume) or use another output folder")
+    ckpt = check_resume(out, config) if resume else None  # nothing is written before this agrees
     if len(data.train) == 0 or len(data.val) == 0:
         raise InputError(f"empty split: {len(data.train)} training and {len(data.val)} validation samples")
+    out.mkdir(parents=True, exist_ok=True)
 
     dist_info = setup_distributed(config.device)
     device = resolve_device(config.device, dist_info.local_rank)
@@ -503,31 +568,42 @@ def fit(
     n_batches = len(train_loader)
     if config.limit_train_batches:
         n_batches = min(n_batches, config.limit_train_batches)
-    total_steps = config.epochs * math.ceil(n_batches / config.accumulate)
-    scheduler = make_scheduler(optimizer, config, total_steps)
+    if n_batches == 0:
+        raise InputError(
+            f"{len(data.train)} training samples make no batch of {config.batch_size} "
+            f"(over {dist_info.world_size} rank(s)); a batch needs at least 2 samples"
+        )
+    steps_per_epoch = math.ceil(n_batches / config.accumulate)
     scaler = torch.amp.GradScaler(
         "cuda", enabled=device.type == "cuda" and config.amp and config.amp_dtype == "fp16"
     )
 
-    start, best_score, best_epoch = 0, -math.inf, -1
+    start, best_score, best_epoch, done_steps = 0, -math.inf, -1, 0
     records: list[dict[str, Any]] = []
-    if resume and last_path.exists():
-        ckpt = read_checkpoint(last_path)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         if ema is not None and ckpt.get("ema"):
             ema.module.load_state_dict(ckpt["ema"])
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        _reset_hyperparameters(optimizer, fresh)  # a resume applies the new lr / weight decay
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
         start, best_score, best_epoch = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["best_epoch"]
-        records = [r for r in _read_metrics(metrics_path) if r["epoch"] < start]
+        done_steps = int(ckpt.get("steps", ckpt["scheduler"].get("last_epoch", 0)))
+        records = _resumed_records(ckpt, metrics_path, start)
+        if dist_info.is_main:
+            _write_metrics(metrics_path, records)  # the finished epochs, as last.pt knows them
         log.info("resuming %s after epoch %d", out, ckpt["epoch"])
     elif dist_info.is_main and metrics_path.exists():
         metrics_path.unlink()
+    # the schedule spans the whole run as it is now planned: the steps taken plus those to come
+    scheduler = make_scheduler(optimizer, config, done_steps + (config.epochs - start) * steps_per_epoch)
+    _fast_forward(scheduler, done_steps)
 
     base = {
+        "kind": checkpoint_kind(config.model_dump(mode="json")),
         "config": config.model_dump(mode="json"),
         "classes": list(data.classes),
         "taxonomy": data.taxonomy,
@@ -570,6 +646,7 @@ def fit(
             if improved:
                 best_score, best_epoch = score, epoch
             rec["best_epoch"] = best_epoch
+            records.append(rec)
             state = {
                 **base,
                 "model": model.state_dict(),
@@ -578,17 +655,19 @@ def fit(
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "epoch": epoch,
+                "steps": int(scheduler.last_epoch),
                 "thresholds": thresholds,
                 "metrics": {k: v for k, v in rec.items() if not k.startswith("val_per_class")},
+                "records": records,  # every finished epoch's record: metrics.jsonl can be rebuilt from it
                 "best_score": best_score,
                 "best_epoch": best_epoch,
                 "rng": _rng_state(),
             }
+            # metrics first: a kill before last.pt reruns this epoch and rewrites its line
+            _write_metrics(metrics_path, records)
             if improved:
                 save_checkpoint(best_path, state)
             save_checkpoint(last_path, state)
-            records.append(rec)
-            _write_metrics(metrics_path, records)
             plot_curves(records, out / "curves.png")
             log.info(
                 "epoch %d: loss %.4f val_loss %.4f macro-F1 %.3f (tuned %.3f) mAP %.3f [%s]",
@@ -609,8 +688,9 @@ def fit(
 
     summary: dict[str, Any] = {}
     if dist_info.is_main:
-        records = _read_metrics(metrics_path)
-        best = next((r for r in records if r["epoch"] == best_epoch), records[-1] if records else {})
+        best = next((r for r in records if r["epoch"] == best_epoch), None)
+        if best is None:  # an old run whose metrics.jsonl lost the best epoch: best.pt still has it
+            best = read_checkpoint(best_path).get("metrics") or {} if best_path.is_file() else {}
         y_val = data.val_truth[data.val_truth_mask] if data.val_truth is not None else data.val_labels
         if data.val_truth is not None and data.val_truth_mask is None:
             y_val = data.val_truth

@@ -131,7 +131,8 @@ def test_build_submission_every_id_and_exact_masks(tmp_path):
     for k, cell in ((0, 7), (19, 3)):
         assert np.array_equal(decode_mask(a.masks[k], 40, 60).astype(bool), mask == cell)
     assert len(set(a.masks[:19])) == 1  # one mask string per cell, repeated per class
-    assert info["n_cells"] == 2 and info["missing_ids"] == ["c", "b"] and not info["failed"]
+    assert info["n_cells"] == 2 and info["missing_ids"] == ["b"]  # b: segmented, no cells
+    assert list(info["failed"]) == ["c"] and "no image" in info["failed"]["c"]  # c: never segmented
     # without an ID list: images of the table + every mask file; a broken box is recorded, not fatal
     table.loc[0, "x0"] = 0
     table.loc[0, "x1"] = 5

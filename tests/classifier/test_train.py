@@ -130,3 +130,84 @@ def test_gpu_defaults_autotune_cudnn_unless_deterministic_is_asked():
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         seed_everything(0, deterministic=True)
+
+
+# --------------------------------------------------------------------------- resume rules (issue 13)
+def _records(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_with_another_model_is_refused_before_anything_changes(tmp_path, make_data):
+    """Case 3: a resume changes nothing on disk until last.pt and the new options agree."""
+    from hpacell.utils.errors import InputError
+
+    cfg = dict(CFG, epochs=1, limit_train_batches=2)
+    fit(make_data(), TrainConfig(**cfg), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(InputError, match=r"last\.pt: --resume cannot change model 'resnet18' -> 'resnet34'"):
+        fit(make_data(), TrainConfig(**{**cfg, "model": "resnet34", "epochs": 2}), tmp_path, resume=True)
+    with pytest.raises(InputError, match="embedding_dim 16 -> 32"):
+        fit(make_data(), TrainConfig(**{**cfg, "embedding_dim": 32, "epochs": 2}), tmp_path, resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    (tmp_path / "two").mkdir()
+    torch.save({**ckpt, "epoch": 1}, tmp_path / "two" / "last.pt")  # as if 2 epochs were finished
+    with pytest.raises(InputError, match="finished 2 epochs; --epochs 1 is fewer"):
+        fit(make_data(), TrainConfig(**cfg), tmp_path / "two", resume=True)
+
+
+def test_resume_applies_a_new_lr_and_rebuilds_the_schedule_for_more_epochs(tmp_path, make_data):
+    """Case 7: cosine epoch 1 does not start at lr 0; a new --lr is applied; onecycle may be lengthened."""
+    cfg = dict(CFG, warmup_epochs=0, limit_train_batches=2)
+    fit(make_data(), TrainConfig(epochs=1, **cfg), tmp_path / "cos")
+    fit(make_data(), TrainConfig(epochs=2, **{**cfg, "lr": 4e-3}), tmp_path / "cos", resume=True)
+    recs = _records(tmp_path / "cos")
+    # the cosine schedule now spans 2 epochs of 2 steps at the new peak 4e-3: halfway it is at 2e-3
+    assert recs[1]["lr_head"] == pytest.approx(2e-3, rel=1e-6) and recs[1]["lr_backbone"] > 0
+    assert torch.load(tmp_path / "cos" / "last.pt", weights_only=True)["config"]["lr"] == 4e-3
+    cyc = dict(cfg, schedule="onecycle")
+    fit(make_data(), TrainConfig(epochs=1, **cyc), tmp_path / "one")
+    fit(make_data(), TrainConfig(epochs=3, **cyc), tmp_path / "one", resume=True)  # was "Tried to step"
+    assert [r["epoch"] for r in _records(tmp_path / "one")] == [0, 1, 2]
+
+
+def test_fewer_training_cells_than_one_batch_still_train(tmp_path, make_data):
+    """Case 8: 36 training cells with batch 64 make one batch (drop_last only with full batches)."""
+    from hpacell.utils.errors import InputError
+
+    data = make_data()
+    assert len(data.train) < 64
+    fit(data, TrainConfig(epochs=1, **{**CFG, "batch_size": 64}), tmp_path / "a")
+    rec = _records(tmp_path / "a")[0]
+    assert rec["train_batches"] == 1 and rec["train_loss"] == rec["train_loss"]  # not NaN
+    one = make_data()
+    one.train = one.train.subset(one.train.rows[:1], one.train.transform)
+    one.train_labels = one.train_labels[:1]
+    with pytest.raises(InputError, match="make no batch"):
+        fit(one, TrainConfig(epochs=1, **CFG), tmp_path / "b")
+    assert not (tmp_path / "b" / "best.pt").exists()
+
+
+def test_a_kill_between_last_pt_and_metrics_loses_no_epoch(tmp_path, make_data, monkeypatch):
+    """Case 11: the epoch record and the checkpoint agree after any kill; "best" is the best epoch's."""
+    from hpacell.classifier.training import train as T
+
+    cfg = TrainConfig(epochs=3, limit_train_batches=2, **CFG)
+    save = T.save_checkpoint
+
+    def killed_after_last_pt(path, state):
+        out = save(path, state)
+        if path.name == "last.pt" and state["epoch"] == 1:
+            raise KeyboardInterrupt("killed after last.pt, before metrics.jsonl")
+        return out
+
+    monkeypatch.setattr(T, "save_checkpoint", killed_after_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_data(), cfg, tmp_path)
+    monkeypatch.setattr(T, "save_checkpoint", save)
+    summary = fit(make_data(), cfg, tmp_path, resume=True)
+    recs = _records(tmp_path)
+    assert [r["epoch"] for r in recs] == [0, 1, 2]
+    best = next(r for r in recs if r["epoch"] == summary["best_epoch"])
+    assert summary["best"]["epoch"] == summary["best_epoch"]
+    assert summary["best"]["val_map"] == best["val_map"] and summary["best"]["val_loss"] == best["val_loss"]

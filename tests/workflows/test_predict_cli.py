@@ -107,12 +107,24 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+def _masks_with_an_empty_image(synth_dir, tmp_path):
+    """The synthetic masks plus ``no-cells``: an image that was segmented and has no cells."""
+    import shutil
+
+    from hpacell.segmentation.io import write_mask
+
+    masks = tmp_path / "masks"
+    shutil.copytree(synth_dir / "masks", masks)
+    write_mask(masks / "no-cells_cellmask.png", np.zeros((64, 64), np.uint16))
+    return masks
+
+
 def test_predict_on_the_fly_then_evaluate(synth_dir, tiny_checkpoint, tmp_path):
     pred = tmp_path / "pred"
     ids = tmp_path / "ids.csv"
     truth = read_truth(synth_dir)
-    sizes = {t.image_id: (t.width, t.height) for t in truth} | {"no-cells": (64, 64)}
-    write_submission([], ids, ids=["no-cells", *sorted(t.image_id for t in truth)], sizes=sizes)
+    sizes = {t.image_id: (t.width, t.height) for t in truth}
+    write_submission([], ids, ids=sorted(t.image_id for t in truth), sizes=sizes)
     args = ["predict", str(tiny_checkpoint), "--images", str(synth_dir / "images"), "--masks",
             str(synth_dir / "masks"), "--out", str(pred), "--ids", str(ids), "--tta", "--embeddings",
             "--num-workers", "0", "--batch-size", "8",
@@ -139,7 +151,7 @@ def test_predict_on_the_fly_then_evaluate(synth_dir, tiny_checkpoint, tmp_path):
         cells.loc[cells["image_id"] == truth[0].image_id, "3"].max(), abs=1e-6
     )
     subs = read_submission(pred / "submission.csv")
-    assert [s.image_id for s in subs][0] == "no-cells" and len(subs[0]) == 0
+    assert [s.image_id for s in subs] == sorted(t.image_id for t in truth)
     assert sum(len(s) for s in subs) == 19 * n_cells
     assert (pred / "report" / "montage_18_Negative.png").is_file()
     assert len(list((pred / "report").glob("overlay_*.png"))) == 4
@@ -162,10 +174,12 @@ def test_predict_on_the_fly_then_evaluate(synth_dir, tiny_checkpoint, tmp_path):
             "--image-power",
             "2",
             "--no-report",
+            "--tta",
+            "--embeddings",
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "reusing the cell scores" in res.output  # a rerun skips the finished inference
+    assert "reusing the cell scores" in res.output  # a rerun with the same inputs skips the inference
     subs = read_submission(pred / "submission.csv")  # masks come from the dataset's meta.json
     conf5 = [c for s in subs for k, c in zip(s.classes, s.confidences, strict=True) if k == 5]
     assert len(conf5) == n_cells and max(conf5) == 0.0
@@ -173,6 +187,16 @@ def test_predict_on_the_fly_then_evaluate(synth_dir, tiny_checkpoint, tmp_path):
     res = runner.invoke(app, ["evaluate", str(pred / "submission.csv"), "--truth", str(synth_dir)])
     assert res.exit_code == 0, res.output
     assert 0.0 <= float(res.output.strip().splitlines()[-1].split("=")[1]) <= 1.0
+
+    # an ID of --ids whose image was segmented without cells gets an empty string, and is no failure
+    write_submission([], ids, ids=["no-cells", *sorted(sizes)], sizes=sizes | {"no-cells": (64, 64)})
+    masks = _masks_with_an_empty_image(synth_dir, tmp_path)
+    args = ["predict", str(tiny_checkpoint), "--cells", str(pred / "cells"), "--out", str(pred), "--masks",
+            str(masks), "--ids", str(ids), "--tta", "--embeddings", "--no-report"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    subs = read_submission(pred / "submission.csv")
+    assert subs[0].image_id == "no-cells" and len(subs[0]) == 0 and sum(len(s) for s in subs) == 19 * n_cells
 
 
 def test_predict_bad_arguments_exit_1(tiny_checkpoint, tmp_path):
@@ -182,3 +206,176 @@ def test_predict_bad_arguments_exit_1(tiny_checkpoint, tmp_path):
         app, ["predict", str(tmp_path / "none.pt"), "--cells", str(tmp_path), "--out", str(tmp_path)]
     )
     assert res.exit_code == 1 and "error" in res.output
+
+
+# --------------------------------------------------------------------------- reuse, failures, wrong files
+def _tiny_ckpt(path, seed=0, image_level=False):
+    """A checkpoint like ``tiny_checkpoint``: another ``seed`` gives other weights; ``image_level`` a
+    train-images one."""
+    import torch
+
+    from hpacell.cellcrops.labels import HPA2021
+    from hpacell.classifier.images.data import ImageTrainConfig
+    from hpacell.classifier.model import model_from_config
+    from hpacell.classifier.training.config import TrainConfig
+
+    torch.manual_seed(seed)
+    kind = ImageTrainConfig if image_level else TrainConfig
+    config = kind(model="resnet18", embedding_dim=16).model_dump(mode="json")
+    state = {"model": model_from_config(config, 19).state_dict(), "ema": None, "epoch": 0, "config": config}
+    state |= {"classes": list(HPA2021.classes), "taxonomy": "hpa2021", "thresholds": [0.5] * 19}
+    state |= {"feature_columns": [], "crop_size": 32, "metrics": {}}
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synth_cells(synth_dir, tmp_path_factory):
+    from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
+
+    out = tmp_path_factory.mktemp("cells") / "cells"
+    build_cell_dataset(synth_dir / "images", synth_dir / "masks", out, options=CropOptions(size=32))
+    return out
+
+
+def _predict(ckpt, cells, out, *extra):
+    args = ["predict", str(ckpt), "--cells", str(cells), "--out", str(out), "--no-report"]
+    return runner.invoke(app, [*args, "--num-workers", "0", "--batch-size", "8", *extra])
+
+
+def test_predict_reuses_cell_scores_only_for_the_same_checkpoint_cells_and_options(
+    synth_cells, tiny_checkpoint, tmp_path
+):
+    """Issue 13, case 4: a rerun with another checkpoint, other cells or --tta never reuses old scores."""
+    import shutil
+
+    pred = tmp_path / "pred"
+    assert _predict(tiny_checkpoint, synth_cells, pred).exit_code == 0
+    scores = (pred / "cell_scores.parquet").read_bytes()
+    other = _tiny_ckpt(tmp_path / "other.pt", seed=1)
+    res = _predict(other, synth_cells, pred)
+    assert res.exit_code == 1 and "checkpoint:" in res.output and "--overwrite" in res.output
+    assert (pred / "cell_scores.parquet").read_bytes() == scores  # refused: nothing rewritten
+    res = _predict(tiny_checkpoint, synth_cells, pred, "--tta")
+    assert res.exit_code == 1 and "tta: false -> true" in res.output
+    fewer = tmp_path / "fewer"
+    shutil.copytree(synth_cells, fewer)
+    import pandas as pd
+
+    table = pd.read_parquet(fewer / "cells.parquet")
+    table.iloc[: len(table) // 2].to_parquet(fewer / "cells.parquet")
+    res = _predict(tiny_checkpoint, fewer, pred)
+    assert res.exit_code == 1 and "dataset_cells" in res.output
+    res = _predict(other, synth_cells, pred, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert (pred / "cell_scores.parquet").read_bytes() != scores
+    assert json.loads((pred / "summary.json").read_text())["checkpoint"] == str(other)
+    res = _predict(other, synth_cells, pred)  # same inputs again: reused
+    assert res.exit_code == 0 and "reusing the cell scores" in res.output
+
+
+def test_predict_on_a_dataset_without_cells_writes_empty_strings(
+    synth_dir, synth_cells, tiny_checkpoint, tmp_path
+):
+    """Issue 13, case 17: 0 cells is a valid input (was `zip() argument 2 is longer than argument 1`)."""
+    import shutil
+
+    import pandas as pd
+
+    empty = tmp_path / "empty"
+    shutil.copytree(synth_cells, empty)
+    pd.read_parquet(empty / "cells.parquet").iloc[:0].to_parquet(empty / "cells.parquet")
+    res = _predict(tiny_checkpoint, empty, tmp_path / "pred", "--masks", str(synth_dir / "masks"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["cells"] == 0
+    subs = read_submission(tmp_path / "pred" / "submission.csv")
+    assert len(subs) == 4 and all(len(s) == 0 for s in subs)
+
+
+def test_predict_ids_without_images_are_failures(synth_dir, synth_cells, tiny_checkpoint, tmp_path):
+    """Issue 13, case 14: IDs of --ids that were never segmented are recorded and make the exit code 1."""
+    ids = tmp_path / "ids.csv"
+    write_submission([], ids, ids=["nope-1", "nope-2"], sizes={"nope-1": (64, 64), "nope-2": (64, 64)})
+    res = _predict(tiny_checkpoint, synth_cells, tmp_path / "pred", "--ids", str(ids))
+    assert res.exit_code == 1
+    assert "failed: nope-1: no image" in res.output and "failed: nope-2: no image" in res.output
+    failed = json.loads((tmp_path / "pred" / "summary.json").read_text())["failed"]
+    assert set(failed) == {"nope-1", "nope-2"}
+
+
+def test_predict_images_with_a_corrupt_image_records_it_and_exits_1(synth_dir, tiny_checkpoint, tmp_path):
+    """Issue 13, case 12: as predict-images does, an image that cannot be read is a failure."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(synth_dir / "images", images)
+    bad = sorted(images.glob("*_green.png"))[0]
+    bad.write_bytes(b"not a png")
+    image_id = bad.name[: -len("_green.png")]
+    args = ["predict", str(tiny_checkpoint), "--images", str(images), "--masks", str(synth_dir / "masks")]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "pred"), "--num-workers", "0", "--no-report"])
+    assert res.exit_code == 1
+    assert f"failed: {image_id}: crop:" in res.output
+    assert image_id in json.loads((tmp_path / "pred" / "summary.json").read_text())["failed"]
+
+
+def _bad_checkpoints(folder):
+    import pickle
+
+    import torch
+
+    from hpacell.classifier.model import create_model
+
+    files = {}
+    (folder / "garbage.pt").write_bytes(bytes(range(256)) * 3)
+    files["garbage.pt"] = "not a PyTorch file"
+    (folder / "zero.pt").write_bytes(b"")
+    files["zero.pt"] = "empty file"
+    torch.save(torch.zeros(3), folder / "tensor.pt")
+    files["tensor.pt"] = "a bare tensor"
+    torch.save(create_model("resnet18", 3, embedding_dim=16).state_dict(), folder / "weights.pt")
+    files["weights.pt"] = "bare model weights"
+    torch.save({"model": {"a": torch.zeros(1)}, "config": {}, "classes": ["x"]}, folder / "foreign.pt")
+    files["foreign.pt"] = "no 'crop_size'"
+    torch.save({"model": {"a": torch.zeros(1)}, "config": {"model": "resnet18"}, "classes": ["x"],
+                "crop_size": 32}, folder / "mismatch.pt")  # fmt: skip
+    files["mismatch.pt"] = "do not fit a resnet18 model"
+    torch.save({"model": torch.zeros(1), "config": {"model": "resnet18"}, "classes": ["x"],
+                "crop_size": 32}, folder / "tensor_model.pt")  # fmt: skip
+    files["tensor_model.pt"] = "'model' is not a state dict"
+    with open(folder / "pickled.pt", "wb") as f:
+        pickle.dump(torch.nn.Linear(1, 1), f)
+    files["pickled.pt"] = "a pickle"
+    torch.save(torch.nn.Linear(1, 1), folder / "module.pt")
+    files["module.pt"] = "a pickled Python object, torch.nn.modules.linear.Linear"
+    return files
+
+
+@pytest.mark.parametrize("command", ["predict", "predict-images"])
+def test_wrong_checkpoint_files_are_one_line_errors_naming_the_file(
+    synth_dir, synth_cells, tmp_path, command
+):
+    """Issue 13: garbage, empty, bare-tensor, bare-weights or foreign files; a checkpoint of another kind."""
+    files = _bad_checkpoints(tmp_path)
+    files["cells.pt"] = "a cell classifier checkpoint (hpacell train-cells"
+    files["images.pt"] = "an image-level checkpoint (hpacell train-images"
+    _tiny_ckpt(tmp_path / "cells.pt")
+    _tiny_ckpt(tmp_path / "images.pt", image_level=True)
+    wrong_kind = "cells.pt" if command == "predict-images" else "images.pt"
+    for name, what in files.items():
+        if name in ("cells.pt", "images.pt") and name != wrong_kind:
+            continue
+        path = tmp_path / name
+        out = tmp_path / f"out-{command}-{name}"
+        if command == "predict":
+            args = ["predict", str(path), "--cells", str(synth_cells), "--out", str(out)]
+        else:
+            args = ["predict-images", str(path), str(synth_dir / "images"), "--out", str(out)]
+        res = runner.invoke(app, args)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 1, (name, res.output)
+        assert len(lines) == 1 and lines[0].startswith(f"hpacell {command}: error: {path}: "), res.output
+        if command == "predict-images" and name == "mismatch.pt":  # refused earlier: not image-level
+            what = files["cells.pt"]
+        assert what in lines[0] and "weights_only=False" not in lines[0], lines[0]
+        assert not out.exists() or not any(out.iterdir()), f"{name}: wrote into {out}"

@@ -4,7 +4,10 @@ Input: a cell dataset (--cells, from `hpacell crop`) or --images + --masks (crop
 PRED/cells with the checkpoint's crop size). Writes PRED/cell_scores.parquet (one probability per class,
 columns "0".."18"), PRED/image_scores.csv (--agg max|mean|topk), PRED/image_labels.csv (per-class
 thresholds from the checkpoint), PRED/submission.csv (needs the cell masks: --masks, or the ones the
-dataset was cropped from), PRED/report/*.png, PRED/summary.json and PRED/predict.yaml.
+dataset was cropped from), PRED/report/*.png, PRED/summary.json and PRED/predict.yaml. A rerun reuses
+PRED/cell_scores.parquet only when its stamp (checkpoint content, cells, --tta, --embeddings) matches;
+otherwise it refuses, or recomputes with --overwrite. Images that fail (crop, mask encoding, an --ids ID
+without an image) are listed under "failed" in summary.json and make the exit code 1.
 Negative (18): the model's Negative probability (1 - max of the others for a model without one); an image
 is Negative only when no other class passes. --image-scores CSV (ID,"0".."18") blends: cell^a x image^b.
 --truth (as `hpacell evaluate --truth`) also scores the submission: PRED/evaluation.json and the printed
@@ -82,10 +85,11 @@ def command(
 ) -> None:
     import logging
 
-    from hpacell.classifier.model import read_checkpoint
+    from hpacell.classifier.model import load_checkpoint
     from hpacell.classifier.scoring.predict import PredictConfig, run_predict
     from hpacell.classifier.scoring.report import make_report
     from hpacell.utils.errors import InputError
+    from hpacell.utils.outputs import claim_folder
     from hpacell.workflows.config import load_config, save_config
 
     log = logging.getLogger("hpacell.predict")
@@ -115,10 +119,12 @@ def command(
         min_confidence=min_confidence,
         workers=workers,
     )
+    _, ckpt = load_checkpoint(checkpoint, kind="cells")  # a wrong file is refused before anything is written
+    claim_folder(out, "predict")
+    crop_failed: dict[str, str] = {}
     if images is not None:
         from hpacell.cellcrops.shards import CropOptions, build_cell_dataset
 
-        ckpt = read_checkpoint(checkpoint)
         size = crop_size or int(ckpt["crop_size"])
         cells = out / "cells"
         summary = build_cell_dataset(
@@ -129,10 +135,13 @@ def command(
             taxonomy=ckpt.get("taxonomy", "hpa2021"),
             workers=cfg.workers,
         )
+        crop_failed = {k: f"crop: {v}" for k, v in summary.failed.items()}
         for image_id, err in sorted(summary.failed.items()):
             log.error("crop failed: %s: %s", image_id, err)
-    save_config(cfg, out / "predict.yaml")
-    result = run_predict(checkpoint, cells, out, cfg, masks, ids, image_scores, overwrite)
+    result = run_predict(
+        checkpoint, cells, out, cfg, masks, ids, image_scores, overwrite, failures=crop_failed
+    )
+    save_config(cfg, out / "predict.yaml")  # the options that made the outputs now in PRED
     if report:
         import pandas as pd
 
@@ -146,12 +155,13 @@ def command(
             make_report(out, cells, table, meta["classes"], imgs, masks or masks_from_meta(cells))
         )
     sub = result.get("submission") or {}
+    failed = result["failed"]
     printed = {
         "out": str(out),
         "cells": result["n_cells"],
         "images_with_cells": result["n_images_with_cells"],
         "submission_images": sub.get("n_images"),
-        "failed": len(sub.get("failed", {})),
+        "failed": len(failed),
     }
     if truth_cells is not None:
         from hpacell.cellcrops.labels import HPA2021
@@ -169,7 +179,7 @@ def command(
         write_json(out / "evaluation.json", figures)
         printed |= {k: figures[k] for k in ("match", "mAP", "mAP_strict", "macro_f1", "sample_f1")}
     typer.echo(json.dumps(printed))
-    if sub.get("failed"):
-        for image_id, err in sorted(sub["failed"].items()):
+    if failed:  # every image that could not be cropped, encoded or found makes the exit code 1
+        for image_id, err in sorted(failed.items()):
             typer.echo(f"failed: {image_id}: {err}", err=True)
         raise typer.Exit(code=1)

@@ -4,7 +4,8 @@ Writes RUN/best.pt, RUN/last.pt (checkpoints), RUN/config.yaml (resolved config)
 RUN/curves.png and RUN/summary.json; --find-lr writes RUN/lr_find.png + lr_find.json instead.
 --cell-labels FILE trains on per-cell targets; --weak-loss mil and --refine-rounds N (RUN/refine/) are the
 weak-supervision methods (README, "Weak supervision").
-Settings: YAML (--config), overridden by flags; --resume continues after the last finished epoch.
+Settings: YAML (--config), overridden by flags; --resume continues after the last finished epoch (it may
+change only --epochs (not fewer), --lr and the schedule, the device and workers; README: train-cells).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def command(
     find_lr: bool = typer.Option(False, "--find-lr", help="Run the LR range test instead of training."),
 ) -> None:
     from hpacell.classifier.training.config import TrainConfig
-    from hpacell.classifier.training.train import train_cells
+    from hpacell.classifier.training.train import check_resume, train_cells
     from hpacell.workflows.config import resolve_run_config, save_config
 
     flags = config_overrides({k: v for k, v in locals().items() if k in TrainConfig.model_fields})
@@ -114,6 +115,8 @@ def command(
         res = lr_find(build_model(cfg, data), data, cfg, out, device)
         typer.echo(json.dumps({"suggested_lr": res["suggested_lr"], "plot": str(out / "lr_find.png")}))
         return
+    if resume:
+        check_resume(out, cfg)  # before config.yaml is rewritten: last.pt and the new options must agree
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     summary = train_cells(cells, out, cfg, resume=resume)

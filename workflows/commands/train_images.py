@@ -75,6 +75,7 @@ def command(
 ) -> None:
     from hpacell.classifier.images.data import ImageTrainConfig, parse_channels
     from hpacell.classifier.images.train import train_images
+    from hpacell.classifier.training.train import check_resume
     from hpacell.workflows.config import resolve_run_config, save_config
 
     given = {**locals(), "channels": parse_channels(channels) if channels is not None else None}
@@ -83,6 +84,8 @@ def command(
         {k: v for k, v in given.items() if renamed.get(k, k) in ImageTrainConfig.model_fields}, renamed
     )
     cfg = resolve_run_config(ImageTrainConfig, config, out, resume, flags)
+    if resume:
+        check_resume(out, cfg)  # before config.yaml is rewritten: last.pt and the new options must agree
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     summary = train_images(images, labels, out, cfg, resume=resume)
