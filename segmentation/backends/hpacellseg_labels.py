@@ -266,9 +266,13 @@ def label_cells(
     grow = (cells > 0) | _above(c_border, 0.05)
     cells = _flood(elevation, cells, grow)
     cells = _fill_holes(cells, boundary_gaps)
-    if boundary_gaps:  # 8-connected pieces of the foreground, small ones dropped, raster order
-        kept, _ = _keep_pieces(cells > 0, min_cell_size, connectivity=8)
-        cells = ndi.label(kept, _SQUARE)[0]
+    if boundary_gaps:  # 8-connected pieces of the foreground, small ones dropped, 1..N in raster order
+        cells, n = ndi.label(cells > 0, _SQUARE)
+        keep = np.bincount(cells.ravel(), minlength=n + 1) >= min_cell_size
+        keep[0] = False
+        ids = np.zeros(n + 1, np.int32)
+        ids[keep] = np.arange(1, np.count_nonzero(keep) + 1)
+        cells = ids[cells]
     else:
         cells = _label_components(_drop_small(_label_components(cells), min_cell_size))
     cells = cells.astype(np.uint16)
