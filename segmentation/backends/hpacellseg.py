@@ -177,9 +177,10 @@ def model_inputs(
         red, yellow, blue = (
             cv2.copyMakeBorder(p, top, bottom, left, right, cv2.BORDER_REFLECT) for p in (red, yellow, blue)
         )
-    norm = [(p.astype(np.float32) - MEAN[i]) / STD for i, p in enumerate((red, yellow, blue))]
+    # float32 (x - mean) / std per channel, as the reference's torch tensors
+    cell = np.stack([(p.astype(np.float32) - MEAN[i]) / STD for i, p in enumerate((red, yellow, blue))])
     nuclei = np.stack([(blue.astype(np.float32) - m) / STD for m in MEAN])
-    return nuclei, np.stack(norm), scaled
+    return nuclei, cell, scaled
 
 
 def crop_padding(prob: np.ndarray, scaled: tuple[int, int]) -> np.ndarray:
