@@ -177,9 +177,10 @@ def model_inputs(
         red, yellow, blue = (
             cv2.copyMakeBorder(p, top, bottom, left, right, cv2.BORDER_REFLECT) for p in (red, yellow, blue)
         )
-    norm = [(p.astype(np.float32) - MEAN[i]) / STD for i, p in enumerate((red, yellow, blue))]
+    # float32 (x - mean) / std per channel, as the reference's torch tensors
+    cell = np.stack([(p.astype(np.float32) - MEAN[i]) / STD for i, p in enumerate((red, yellow, blue))])
     nuclei = np.stack([(blue.astype(np.float32) - m) / STD for m in MEAN])
-    return nuclei, np.stack(norm), scaled
+    return nuclei, cell, scaled
 
 
 def crop_padding(prob: np.ndarray, scaled: tuple[int, int]) -> np.ndarray:
@@ -245,6 +246,9 @@ class HpaCellSegBackend:
     boundary_gaps : bool
         True (the reference): touching cells are split by ~2 px gaps and pieces
         cut off from their nucleus become cells; False: touching cells touch.
+    exact_ties : bool
+        True (the reference): ties in the watersheds go as in the reference;
+        False: a faster second watershed (a few pixels per image may differ).
     min_nucleus_size, min_cell_size, closing_radius : int
         Labelling sizes in full-resolution pixels (the reference's values for HPA images).
     """
@@ -261,6 +265,7 @@ class HpaCellSegBackend:
         amp: bool = False,
         rescale_12bit: bool = True,
         boundary_gaps: bool = True,
+        exact_ties: bool = True,
         min_nucleus_size: int = 2500,
         min_cell_size: int = 5500,
         closing_radius: int = 6,
@@ -278,6 +283,7 @@ class HpaCellSegBackend:
         self.rescale_12bit = _as_bool("rescale_12bit", rescale_12bit)
         self.label_options = dict(
             boundary_gaps=_as_bool("boundary_gaps", boundary_gaps),
+            exact_ties=_as_bool("exact_ties", exact_ties),
             min_nucleus_size=min_nucleus_size,
             min_cell_size=min_cell_size,
             closing_radius=closing_radius,

@@ -30,7 +30,9 @@ nucleus masks the reference's ``label_cell`` gives, its quirks included:
 All thresholds compare ``value / 255`` strictly, as the reference does.
 ``boundary_gaps=False`` (not the reference) keeps touching cells touching: the
 "fill holes" steps fill holes without removing label boundaries, so cells keep
-their nuclei's ids and no 2 px gaps or fragments appear.
+their nuclei's ids and no 2 px gaps or fragments appear. ``exact_ties=False`` (not
+the reference) makes the second watershed ~10x cheaper at the price of a few pixels
+where equal-valued edges of different cells tie.
 """
 
 from __future__ import annotations
@@ -175,9 +177,27 @@ def _direct_works() -> bool:
     return _DIRECT[0]
 
 
-def _flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray, line: bool = False) -> np.ndarray:
+def _flood(
+    elevation: np.ndarray,
+    markers: np.ndarray,
+    mask: np.ndarray,
+    line: bool = False,
+    edges_only: bool = False,
+) -> np.ndarray:
     """``skimage.segmentation.watershed(elevation, markers, mask=mask, watershed_line=line)``
-    (4-connected), int32."""
+    (4-connected), int32.
+
+    ``edges_only`` leaves out the marker pixels that have no unlabelled neighbour in
+    ``mask`` (they flood nothing) and puts their ids back afterwards: far less work
+    when the markers cover most of the mask, the same result except where seeds of
+    different ids with equal values tie (their order depends on the whole heap).
+    """
+    if edges_only:
+        seeded = mask & (markers > 0)
+        interior = seeded & ~ndi.binary_dilation(mask & ~seeded, _CROSS)
+        out = _flood(elevation, markers, mask & ~interior, line)
+        out[interior] = markers[interior]
+        return out
     if _direct_works():
         return _flood_direct(elevation, markers, mask, line)
     return watershed(elevation, markers, mask=mask, watershed_line=line).astype(np.int32, copy=False)
@@ -224,6 +244,7 @@ def label_cells(
     nuclei_map: np.ndarray,
     *,
     boundary_gaps: bool = True,
+    exact_ties: bool = True,
     min_nucleus_size: int = 2500,
     min_cell_size: int = 5500,
     closing_radius: int = 6,
@@ -237,6 +258,11 @@ def label_cells(
     boundary_gaps : bool
         True (the reference): label boundaries are removed in the "fill holes"
         steps (2 px gaps between touching cells, fragments become cells).
+    exact_ties : bool
+        True: every watershed floods from all its seed pixels, as the reference,
+        so ties between equal-valued seeds go the same way. False: the second
+        watershed floods from the cells' edge pixels only (its cost drops ~10x;
+        0-14 pixels per 2048 px golden image differ from the reference).
     min_nucleus_size, min_cell_size, closing_radius : int
         The reference's 2,500 px, 5,500 px and disk radius 6 (HPA pixels).
 
@@ -264,11 +290,15 @@ def label_cells(
         cells = cv2.morphologyEx(cells, cv2.MORPH_CLOSE, kernel)  # skimage's "reflect" does here
     cells = _fill_holes(cells, boundary_gaps)
     grow = (cells > 0) | _above(c_border, 0.05)
-    cells = _flood(elevation, cells, grow)
+    cells = _flood(elevation, cells, grow, edges_only=not exact_ties)
     cells = _fill_holes(cells, boundary_gaps)
-    if boundary_gaps:  # 8-connected pieces of the foreground, small ones dropped, raster order
-        kept, _ = _keep_pieces(cells > 0, min_cell_size, connectivity=8)
-        cells = ndi.label(kept, _SQUARE)[0]
+    if boundary_gaps:  # 8-connected pieces of the foreground, small ones dropped, 1..N in raster order
+        cells, n = ndi.label(cells > 0, _SQUARE)
+        keep = np.bincount(cells.ravel(), minlength=n + 1) >= min_cell_size
+        keep[0] = False
+        ids = np.zeros(n + 1, np.int32)
+        ids[keep] = np.arange(1, np.count_nonzero(keep) + 1)
+        cells = ids[cells]
     else:
         cells = _label_components(_drop_small(_label_components(cells), min_cell_size))
     cells = cells.astype(np.uint16)

@@ -185,6 +185,21 @@ def test_more_than_255_cells_wrap_as_in_the_reference():
     _check_consistent(cells, nuclei)
 
 
+def test_seed_rule_adds_the_border_maps_in_uint8_as_the_reference():
+    # nuclei border 200 + cell border 100 wraps to 44 in uint8: seeds are allowed (1 - 44/255 > 0.05)
+    yy, xx = np.mgrid[:160, :160]
+    nuc_fg = ((yy - 80) ** 2 + (xx - 80) ** 2) < 30**2
+    cell_fg = ((yy - 80) ** 2 + (xx - 80) ** 2) < 70**2
+    cell_map, nuclei_map = maps(nuc_fg, cell_fg)
+    nuclei_map[..., 1] = np.where(nuc_fg, 200, 0)
+    cell_map[..., 1] = np.where(nuc_fg, 100, 0)
+    cells, nuclei = label_cells(cell_map, nuclei_map, min_nucleus_size=1000)
+    assert cells.max() == 1 and nuclei[80, 80] == 1
+    cell_map[..., 1] = np.where(nuc_fg, 50, 0)  # 250: no wrap, no seeds, no cell
+    cells, _ = label_cells(cell_map, nuclei_map, min_nucleus_size=1000)
+    assert cells.max() == 0
+
+
 def test_empty_maps_give_empty_masks():
     zeros = np.zeros((64, 96, 3), np.uint8)
     cells, nuclei = label_cells(zeros, zeros)
