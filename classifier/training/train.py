@@ -21,6 +21,14 @@ Schedule: the first ``warmup_epochs`` train the head with the backbone frozen
 ``lr * backbone_lr_mult`` (differential learning rates). The LR schedule runs
 per optimizer step over the whole run.
 
+Resume (:func:`check_resume`): ``last.pt`` must agree with the new options before
+anything is written; only :data:`~hpacell.classifier.training.config.RESUME_MAY_CHANGE`
+may differ. The optimizer keeps its state but takes the new LRs, and the schedule
+is rebuilt for the steps taken plus those to come and fast-forwarded to the step
+reached (the same schedule when nothing changed). Each epoch writes
+``metrics.jsonl``, then ``best.pt``, then ``last.pt``, which holds every epoch's
+record, so a resume after a kill at any point rebuilds ``metrics.jsonl`` whole.
+
 Distributed: launched with ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``)
 or ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``, with
 ``MASTER_ADDR``/``MASTER_PORT`` exported), each rank draws its own shard of

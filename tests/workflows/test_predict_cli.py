@@ -351,31 +351,42 @@ def _bad_checkpoints(folder):
     return files
 
 
+def _one_line_error(args, command, path, what, out):
+    res = runner.invoke(app, args)
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1, (path, res.output)
+    assert len(lines) == 1 and lines[0].startswith(f"hpacell {command}: error: {path}: "), res.output
+    assert what in lines[0] and "weights_only=False" not in lines[0], lines[0]
+    assert not out.exists() or not any(out.iterdir()), f"{path}: wrote into {out}"
+
+
+def _args(command, path, synth_dir, synth_cells, out):
+    if command == "predict":
+        return ["predict", str(path), "--cells", str(synth_cells), "--out", str(out)]
+    return ["predict-images", str(path), str(synth_dir / "images"), "--out", str(out)]
+
+
 @pytest.mark.parametrize("command", ["predict", "predict-images"])
 def test_wrong_checkpoint_files_are_one_line_errors_naming_the_file(
     synth_dir, synth_cells, tmp_path, command
 ):
-    """Issue 13: garbage, empty, bare-tensor, bare-weights or foreign files; a checkpoint of another kind."""
-    files = _bad_checkpoints(tmp_path)
-    files["cells.pt"] = "a cell classifier checkpoint (hpacell train-cells"
-    files["images.pt"] = "an image-level checkpoint (hpacell train-images"
-    _tiny_ckpt(tmp_path / "cells.pt")
-    _tiny_ckpt(tmp_path / "images.pt", image_level=True)
-    wrong_kind = "cells.pt" if command == "predict-images" else "images.pt"
-    for name, what in files.items():
-        if name in ("cells.pt", "images.pt") and name != wrong_kind:
-            continue
-        path = tmp_path / name
-        out = tmp_path / f"out-{command}-{name}"
-        if command == "predict":
-            args = ["predict", str(path), "--cells", str(synth_cells), "--out", str(out)]
-        else:
-            args = ["predict-images", str(path), str(synth_dir / "images"), "--out", str(out)]
-        res = runner.invoke(app, args)
-        lines = res.output.strip().splitlines()
-        assert res.exit_code == 1, (name, res.output)
-        assert len(lines) == 1 and lines[0].startswith(f"hpacell {command}: error: {path}: "), res.output
+    """Issue 13: garbage, empty, bare-tensor, bare-weights, pickled or foreign files."""
+    for name, what in _bad_checkpoints(tmp_path).items():
         if command == "predict-images" and name == "mismatch.pt":  # refused earlier: not image-level
-            what = files["cells.pt"]
-        assert what in lines[0] and "weights_only=False" not in lines[0], lines[0]
-        assert not out.exists() or not any(out.iterdir()), f"{name}: wrote into {out}"
+            what = "a cell classifier checkpoint"
+        out = tmp_path / f"out-{name}"
+        _one_line_error(
+            _args(command, tmp_path / name, synth_dir, synth_cells, out), command, tmp_path / name, what, out
+        )
+
+
+def test_a_checkpoint_of_the_other_kind_is_refused(synth_dir, synth_cells, tmp_path):
+    """Issue 13, case 9: a train-images checkpoint to predict, a cell checkpoint to predict-images."""
+    images = _tiny_ckpt(tmp_path / "images.pt", image_level=True)
+    what = "an image-level checkpoint (hpacell train-images; scored with hpacell predict-images)"
+    args = _args("predict", images, synth_dir, synth_cells, tmp_path / "a")
+    _one_line_error(args, "predict", images, what, tmp_path / "a")
+    cells = _tiny_ckpt(tmp_path / "cells.pt")
+    what = "a cell classifier checkpoint (hpacell train-cells; scored with hpacell predict)"
+    args = _args("predict-images", cells, synth_dir, synth_cells, tmp_path / "b")
+    _one_line_error(args, "predict-images", cells, what, tmp_path / "b")

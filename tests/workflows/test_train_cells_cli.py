@@ -63,6 +63,13 @@ def test_train_cells_cli_run_resume_and_find_lr(tmp_path, cells_dir):
     r = CliRunner().invoke(app, [*args, "--epochs", "1"])  # not --resume: refuses to overwrite
     assert r.exit_code == 1 and "--resume" in r.output
 
+    # issue 13, case 3: a resume with another model is one line, and config.yaml is left as it was
+    saved = (run / "config.yaml").read_bytes()
+    r = CliRunner().invoke(app, [*args, "--epochs", "2", "--resume", "--model", "resnet34"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "--resume cannot change model 'resnet18' -> 'resnet34'" in r.output
+    assert (run / "config.yaml").read_bytes() == saved
+
     r = CliRunner().invoke(app, [*args, "--epochs", "2", "--resume"])
     assert r.exit_code == 0, r.output
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
