@@ -152,9 +152,9 @@ def create_model(
 def pretrained_tag(model: str, pretrained: str | os.PathLike) -> str | None:
     """The timm name (``arch.tag``) that ``pretrained`` names for ``model``; None for a local file.
 
-    An existing path is a file. ``"imagenet"`` is timm's default pretrained tag of
-    ``model`` (or the tag ``model`` itself carries); ``"arch.tag"`` or a bare ``"tag"`` of
-    ``model``'s architecture name timm weights. Anything else is taken as a file name.
+    An existing path is a file. ``"imagenet"`` (or the model's own name) is timm's default
+    pretrained tag of ``model`` (or the tag ``model`` itself carries); ``"arch.tag"`` or a bare
+    ``"tag"`` of ``model``'s architecture name timm weights. Anything else is taken as a file name.
 
     Raises
     ------
@@ -181,11 +181,11 @@ def pretrained_tag(model: str, pretrained: str | os.PathLike) -> str | None:
         except RuntimeError:  # timm: invalid tag for the architecture
             return None
 
-    if spec == "imagenet":
+    if spec in ("imagenet", arch, model):
         found = cfg(model)
         if found is None:
             raise PretrainedError(
-                f"--pretrained imagenet: timm has no pretrained weights for {model!r}; "
+                f"--pretrained {spec}: timm has no pretrained weights for {model!r}; "
                 "pass a local weights file (--pretrained FILE)"
             )
         return f"{arch}.{own_tag or found.tag}"

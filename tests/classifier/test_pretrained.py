@@ -28,6 +28,7 @@ def offline(tmp_path, monkeypatch):
 
 def test_names_resolve_to_timm_tags(tmp_path):
     assert pretrained_tag("resnet18", "imagenet") == "resnet18.a1_in1k"  # timm's default tag
+    assert pretrained_tag("resnet18", "resnet18") == "resnet18.a1_in1k"
     assert pretrained_tag("resnet18.tv_in1k", "imagenet") == "resnet18.tv_in1k"  # the model's own tag
     assert pretrained_tag("resnet18", "resnet18.tv_in1k") == pretrained_tag("resnet18", "tv_in1k")
     assert pretrained_tag("resnet18", "weights/resnet18.pth") is None  # a file name
