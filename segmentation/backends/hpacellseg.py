@@ -40,6 +40,7 @@ from skimage.transform import rescale
 from skimage.util import img_as_ubyte
 
 from hpacell.segmentation.backends.hpacellseg_labels import label_cells
+from hpacell.utils.device import resolve_device
 from hpacell.utils.errors import HpacellError, InputError
 from hpacell.utils.intensity import effective_bits
 
@@ -119,17 +120,6 @@ def load_model(path: str | os.PathLike, device: Any) -> Any:
             f"got {type(obj).__name__}"
         )
     return obj.to(device).eval()
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available else ``"cpu"``; other values pass through."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return device
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -276,10 +266,10 @@ class HpaCellSegBackend:
             raise InputError(f"scale_factor must lie in (0, 1], got {scale_factor}")
         nuclei_path = resolve_model_path(nuclei_model, "nuclei")
         cell_path = resolve_model_path(cell_model, "cell")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device)  # the one device rule of every stage (hpacell.utils.device)
         self.batch_size = batch_size
         self.scale_factor = scale_factor
-        self.amp = _as_bool("amp", amp) and self.device.startswith("cuda")
+        self.amp = _as_bool("amp", amp) and self.device.type == "cuda"
         self.rescale_12bit = _as_bool("rescale_12bit", rescale_12bit)
         self.label_options = dict(
             boundary_gaps=_as_bool("boundary_gaps", boundary_gaps),
@@ -294,7 +284,7 @@ class HpaCellSegBackend:
     @property
     def uses_gpu(self) -> bool:
         """True when the models run on CUDA (the batch job then batches in one process)."""
-        return self.device.startswith("cuda")
+        return self.device.type == "cuda"
 
     def _forward(self, model: Any, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(B, 3, h, w)`` float32 of a model on a batch of inputs."""

@@ -390,3 +390,18 @@ def test_a_checkpoint_of_the_other_kind_is_refused(synth_dir, synth_cells, tmp_p
     what = "a cell classifier checkpoint (hpacell train-cells; scored with hpacell predict)"
     args = _args("predict-images", cells, synth_dir, synth_cells, tmp_path / "b")
     _one_line_error(args, "predict-images", cells, what, tmp_path / "b")
+
+
+def test_predict_images_with_other_masks_into_the_same_folder_needs_overwrite(
+    synth_dir, tiny_checkpoint, tmp_path
+):
+    """The on-the-fly crops of PRED/cells are reused only for the same images and masks."""
+    args = ["predict", str(tiny_checkpoint), "--images", str(synth_dir / "images"), "--out",
+            str(tmp_path / "pred"), "--num-workers", "0", "--no-report"]  # fmt: skip
+    res = runner.invoke(app, [*args, "--masks", str(synth_dir / "masks")])
+    assert res.exit_code == 0, res.output
+    other = _masks_with_an_empty_image(synth_dir, tmp_path)
+    res = runner.invoke(app, [*args, "--masks", str(other)])
+    assert res.exit_code == 1 and "other inputs or options" in res.output and "--overwrite" in res.output
+    res = runner.invoke(app, [*args, "--masks", str(other), "--overwrite"])
+    assert res.exit_code == 0, res.output

@@ -134,6 +134,7 @@ def command(
             options=CropOptions(size=size, mask_background=mask_background),
             taxonomy=ckpt.get("taxonomy", "hpa2021"),
             workers=cfg.workers,
+            overwrite=overwrite,  # other images/masks into the same PRED: refused, or re-cropped with --overwrite
         )
         crop_failed = {k: f"crop: {v}" for k, v in summary.failed.items()}
         for image_id, err in sorted(summary.failed.items()):
