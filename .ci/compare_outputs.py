@@ -44,7 +44,7 @@ def normalised(value, root: str):
 def table(path: Path, root: str) -> pd.DataFrame:
     t = pd.read_parquet(path).drop(columns=sorted(VOLATILE), errors="ignore")
     for c in t.columns:
-        if t[c].dtype == object:
+        if t[c].dtype == object or pd.api.types.is_string_dtype(t[c]):
             t[c] = t[c].map(lambda v: normalised(v, root))
     return t
 
