@@ -39,7 +39,11 @@ def command(
     cache_workers: int = typer.Option(1, "--cache-workers", min=1, help="Processes building the cache."),
 ) -> None:
     from hpacell.classifier.images.predict import predict_images
+    from hpacell.classifier.model import load_checkpoint
+    from hpacell.utils.outputs import claim_folder
 
+    load_checkpoint(checkpoint, kind="images")  # a wrong file is refused before anything is written
+    claim_folder(out, "predict-images")
     summary = predict_images(
         checkpoint,
         images,
