@@ -214,7 +214,7 @@ def predict_images(
         ids = read_id_list(ids_path, repeats="error")
         missing = [i for i in ids if i not in sets]
         if missing:
-            raise CheckpointError(
+            raise InputError(
                 f"{ids_path}: {len(missing)} ID(s) have no image set in {images_dir}, e.g. {missing[0]!r}"
             )
     else:

@@ -26,8 +26,9 @@ anything is written; only :data:`~hpacell.classifier.training.config.RESUME_MAY_
 may differ. The optimizer keeps its state but takes the new LRs, and the schedule
 is rebuilt for the steps taken plus those to come and fast-forwarded to the step
 reached (the same schedule when nothing changed). Each epoch writes
-``metrics.jsonl``, then ``best.pt``, then ``last.pt``, which holds every epoch's
-record, so a resume after a kill at any point rebuilds ``metrics.jsonl`` whole.
+``metrics.jsonl``, then ``last.pt`` (which holds every epoch's record), then
+``best.pt``; a resume after a kill at any point rebuilds ``metrics.jsonl`` whole
+and, when ``last.pt`` is the best epoch, makes sure ``best.pt`` is too.
 
 Distributed: launched with ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``)
 or ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``, with
@@ -440,6 +441,18 @@ def _write_metrics(path: Path, records: Sequence[dict[str, Any]]) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The epoch of the checkpoint at ``path``; ``None`` when there is none or it is unreadable."""
+    from hpacell.classifier.model import CheckpointError
+
+    if not path.is_file():
+        return None
+    try:
+        return int(read_checkpoint(path).get("epoch", -1))
+    except CheckpointError:
+        return None
+
+
 def _resumed_records(ckpt: dict[str, Any], metrics_path: Path, start: int) -> list[dict[str, Any]]:
     """The records of the epochs before ``start``: from ``last.pt`` (older checkpoints: metrics.jsonl,
     completed by the last epoch's own figures when its line was lost)."""
@@ -603,6 +616,8 @@ def fit(
         records = _resumed_records(ckpt, metrics_path, start)
         if dist_info.is_main:
             _write_metrics(metrics_path, records)  # the finished epochs, as last.pt knows them
+            if ckpt["best_epoch"] == ckpt["epoch"] and _checkpoint_epoch(best_path) != ckpt["epoch"]:
+                save_checkpoint(best_path, ckpt)  # killed between last.pt and best.pt
         log.info("resuming %s after epoch %d", out, ckpt["epoch"])
     elif dist_info.is_main and metrics_path.exists():
         metrics_path.unlink()
@@ -671,11 +686,12 @@ def fit(
                 "best_epoch": best_epoch,
                 "rng": _rng_state(),
             }
-            # metrics first: a kill before last.pt reruns this epoch and rewrites its line
+            # metrics first: a kill before last.pt reruns this epoch and rewrites its line; best.pt last:
+            # a kill before it is repaired by the resume (last.pt then holds the best epoch)
             _write_metrics(metrics_path, records)
+            save_checkpoint(last_path, state)
             if improved:
                 save_checkpoint(best_path, state)
-            save_checkpoint(last_path, state)
             plot_curves(records, out / "curves.png")
             log.info(
                 "epoch %d: loss %.4f val_loss %.4f macro-F1 %.3f (tuned %.3f) mAP %.3f [%s]",

@@ -211,3 +211,26 @@ def test_a_kill_between_last_pt_and_metrics_loses_no_epoch(tmp_path, make_data, 
     best = next(r for r in recs if r["epoch"] == summary["best_epoch"])
     assert summary["best"]["epoch"] == summary["best_epoch"]
     assert summary["best"]["val_map"] == best["val_map"] and summary["best"]["val_loss"] == best["val_loss"]
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
+
+
+def test_a_kill_between_last_pt_and_best_pt_is_repaired_by_the_resume(tmp_path, make_data, monkeypatch):
+    """best.pt is written after last.pt; a resume whose last.pt is the best epoch rewrites best.pt."""
+    from hpacell.classifier.training import train as T
+
+    cfg = TrainConfig(epochs=1, limit_train_batches=2, **CFG)
+    save = T.save_checkpoint
+
+    def killed_before_best_pt(path, state):
+        if path.name == "best.pt":
+            raise KeyboardInterrupt("killed after last.pt, before best.pt")
+        return save(path, state)
+
+    monkeypatch.setattr(T, "save_checkpoint", killed_before_best_pt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_data(), cfg, tmp_path)
+    monkeypatch.setattr(T, "save_checkpoint", save)
+    assert not (tmp_path / "best.pt").exists()
+    summary = fit(make_data(), cfg, tmp_path, resume=True)
+    assert summary["best_epoch"] == 0
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 0

@@ -39,6 +39,8 @@ def command(
     cache_workers: int = typer.Option(1, "--cache-workers", min=1, help="Processes building the cache."),
 ) -> None:
     from hpacell.classifier.images.predict import PredictImagesConfig, predict_images
+    from hpacell.classifier.model import load_checkpoint
+    from hpacell.utils.outputs import claim_folder
     from hpacell.workflows.config import load_config
 
     cfg = load_config(
@@ -51,6 +53,8 @@ def command(
         cache_dir=None if cache is None else str(cache),
         cache_workers=cache_workers,
     )
+    load_checkpoint(checkpoint, kind="images")  # a wrong file is refused before anything is written
+    claim_folder(out, "predict-images")
     summary = predict_images(checkpoint, images, out, cfg, ids_path=ids)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k not in ("thresholds", "failures")}))
     if summary["n_failed"]:
