@@ -134,7 +134,7 @@ def command(
             options=CropOptions(size=size, mask_background=mask_background),
             taxonomy=ckpt.get("taxonomy", "hpa2021"),
             workers=cfg.workers,
-            overwrite=overwrite,  # other images/masks into the same PRED: refused, or re-cropped with --overwrite
+            overwrite=overwrite,  # other images or masks: refused, or re-cropped
         )
         crop_failed = {k: f"crop: {v}" for k, v in summary.failed.items()}
         for image_id, err in sorted(summary.failed.items()):
