@@ -400,7 +400,10 @@ def test_predict_images_with_other_masks_into_the_same_folder_needs_overwrite(
             str(tmp_path / "pred"), "--num-workers", "0", "--no-report"]  # fmt: skip
     res = runner.invoke(app, [*args, "--masks", str(synth_dir / "masks")])
     assert res.exit_code == 0, res.output
-    other = _masks_with_an_empty_image(synth_dir, tmp_path)
+    import shutil
+
+    other = tmp_path / "other-masks"
+    shutil.copytree(synth_dir / "masks", other)
     res = runner.invoke(app, [*args, "--masks", str(other)])
     assert res.exit_code == 1 and "other inputs or options" in res.output and "--overwrite" in res.output
     res = runner.invoke(app, [*args, "--masks", str(other), "--overwrite"])
