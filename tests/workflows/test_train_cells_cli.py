@@ -89,6 +89,11 @@ def test_train_cells_cli_errors(tmp_path, cells_dir):
     assert r.exit_code == 1 and "epochz" in r.output
     r = CliRunner().invoke(app, ["train-cells", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert r.exit_code == 1 and "not found" in r.output
+    # a run goes only into a new, empty or own folder: never into e.g. the cell dataset itself
+    before = sorted(p.name for p in cells_dir.iterdir())
+    r = CliRunner().invoke(app, ["train-cells", str(cells_dir), "--out", str(cells_dir), "--epochs", "1"])
+    assert r.exit_code == 1 and "was not made by 'hpacell train-cells'" in r.output, r.output
+    assert sorted(p.name for p in cells_dir.iterdir()) == before
 
 
 def test_example_config_validates():

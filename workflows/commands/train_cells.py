@@ -95,10 +95,14 @@ def command(
 ) -> None:
     from hpacell.classifier.training.config import TrainConfig
     from hpacell.classifier.training.train import check_resume, train_cells
+    from hpacell.utils.outputs import claim_folder
     from hpacell.workflows.config import resolve_run_config, save_config
 
     flags = config_overrides({k: v for k, v in locals().items() if k in TrainConfig.model_fields})
     cfg = resolve_run_config(TrainConfig, config, out, resume, flags, check_new_run=not find_lr)
+    if resume:
+        check_resume(out, cfg)  # before anything is written: last.pt and the new options must agree
+    claim_folder(out, "train-cells", legacy=["last.pt"])  # only a new, empty or own run folder
     if find_lr:
         from hpacell.classifier.training.data import build_cell_data
         from hpacell.classifier.training.lr_finder import lr_find
@@ -115,9 +119,6 @@ def command(
         res = lr_find(build_model(cfg, data), data, cfg, out, device)
         typer.echo(json.dumps({"suggested_lr": res["suggested_lr"], "plot": str(out / "lr_find.png")}))
         return
-    if resume:
-        check_resume(out, cfg)  # before config.yaml is rewritten: last.pt and the new options must agree
-    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     summary = train_cells(cells, out, cfg, resume=resume)
     if not summary:  # a rank other than 0 under DDP: rank 0 prints the summary

@@ -76,6 +76,7 @@ def command(
     from hpacell.classifier.images.data import ImageTrainConfig, parse_channels
     from hpacell.classifier.images.train import train_images
     from hpacell.classifier.training.train import check_resume
+    from hpacell.utils.outputs import claim_folder
     from hpacell.workflows.config import resolve_run_config, save_config
 
     given = {**locals(), "channels": parse_channels(channels) if channels is not None else None}
@@ -86,7 +87,7 @@ def command(
     cfg = resolve_run_config(ImageTrainConfig, config, out, resume, flags)
     if resume:
         check_resume(out, cfg)  # before config.yaml is rewritten: last.pt and the new options must agree
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "train-images", legacy=["last.pt"])  # only a new, empty or own run folder
     save_config(cfg, out / "config.yaml")
     summary = train_images(images, labels, out, cfg, resume=resume)
     best, val = summary.get("best", {}), summary.get("validation", {})
