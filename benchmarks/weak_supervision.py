@@ -19,6 +19,7 @@ Reduced (the README figures; seeds as parallel processes, then summarised)::
     python benchmarks/weak_supervision.py --crop-size 32 --epochs 5 --seeds 0,1,2 --summarize-only
 
 Methods: ``inherit``, ``mil`` (``weak_loss=mil``), ``mil_zero`` (mil with the inherited Negative 0),
+``mil_hybrid`` (mil plus the inherited per-cell BCE on the image's classes, ``mil_cell_weight=1``),
 ``refine`` (one round of label refinement, hard rule), ``refine_soft``, ``refine_mil`` (refinement
 from MIL-trained fold models, final model plain BCE on the refined targets), ``truth``.
 Synth data and crops are cached in ``--work``; runs are redone each call.
@@ -41,6 +42,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "inherit": {},
     "mil": {"weak_loss": "mil"},
     "mil_zero": {"weak_loss": "mil", "mil_negative": "zero"},
+    "mil_hybrid": {"weak_loss": "mil", "mil_cell_weight": 1.0},  # + the inherited per-cell positives
     "refine": {"refine_rounds": 1},
     "refine_soft": {"refine_rounds": 1, "refine_rule": "soft"},
     "refine_mil": {"refine_rounds": 1, "weak_loss": "mil"},  # fold models only (see run_method)
