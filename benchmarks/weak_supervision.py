@@ -18,7 +18,8 @@ Reduced (the README figures; seeds as parallel processes, then summarised)::
     python benchmarks/weak_supervision.py --crop-size 32 --epochs 5 --seeds 0   # and 1, 2
     python benchmarks/weak_supervision.py --crop-size 32 --epochs 5 --seeds 0,1,2 --summarize-only
 
-Methods: ``inherit``, ``mil`` (``weak_loss=mil``), ``mil_zero`` (mil with the inherited Negative 0),
+Methods: ``inherit``, ``mil`` (``weak_loss=mil``, ``mil_cell_weight=0``: pure MIL), ``mil_zero`` (mil with
+the inherited Negative 0),
 ``mil_hybrid`` (mil plus the inherited per-cell BCE on the image's classes, ``mil_cell_weight=1``),
 ``refine`` (one round of label refinement, hard rule), ``refine_soft``, ``refine_mil`` (refinement
 from MIL-trained fold models, final model plain BCE on the refined targets), ``truth``.
@@ -40,8 +41,8 @@ import numpy as np
 
 METHODS: dict[str, dict[str, Any]] = {
     "inherit": {},
-    "mil": {"weak_loss": "mil"},
-    "mil_zero": {"weak_loss": "mil", "mil_negative": "zero"},
+    "mil": {"weak_loss": "mil", "mil_cell_weight": 0.0},  # pure MIL
+    "mil_zero": {"weak_loss": "mil", "mil_cell_weight": 0.0, "mil_negative": "zero"},
     "mil_hybrid": {"weak_loss": "mil", "mil_cell_weight": 1.0},  # + the inherited per-cell positives
     "refine": {"refine_rounds": 1},
     "refine_soft": {"refine_rounds": 1, "refine_rule": "soft"},
