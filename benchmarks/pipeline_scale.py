@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.device,
             "--seed",
             str(args.seed),
+            "--folds",
+            str(max(2, min(5, args.images))),
         ]
         stages["train-cells"] = run_stage("train-cells", train, run, logs)
         trained = args.epochs * args.train_batches * args.batch_size
