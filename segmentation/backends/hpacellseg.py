@@ -266,10 +266,10 @@ class HpaCellSegBackend:
             raise InputError(f"scale_factor must lie in (0, 1], got {scale_factor}")
         nuclei_path = resolve_model_path(nuclei_model, "nuclei")
         cell_path = resolve_model_path(cell_model, "cell")
-        self.device = resolve_device(device)  # the one device rule of every stage (hpacell.utils.device)
+        self.device = str(resolve_device(device))  # the one device rule of every stage (hpacell.utils.device)
         self.batch_size = batch_size
         self.scale_factor = scale_factor
-        self.amp = _as_bool("amp", amp) and self.device.type == "cuda"
+        self.amp = _as_bool("amp", amp) and self.device.startswith("cuda")
         self.rescale_12bit = _as_bool("rescale_12bit", rescale_12bit)
         self.label_options = dict(
             boundary_gaps=_as_bool("boundary_gaps", boundary_gaps),
@@ -284,7 +284,7 @@ class HpaCellSegBackend:
     @property
     def uses_gpu(self) -> bool:
         """True when the models run on CUDA (the batch job then batches in one process)."""
-        return self.device.type == "cuda"
+        return self.device.startswith("cuda")
 
     def _forward(self, model: Any, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities ``(B, 3, h, w)`` float32 of a model on a batch of inputs."""

@@ -66,6 +66,18 @@ def test_loads_standin_unwraps_dataparallel_and_logs(models, caplog):
     assert "weights_only=False" in caplog.text and str(models[1]) in caplog.text
 
 
+def test_device_follows_the_shared_rule(models, monkeypatch):
+    """The backend resolves its device like training and predict (hpacell.utils.device)."""
+    from hpacell.utils.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert HpaCellSegBackend(*models, device="auto").device == "cpu"
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        HpaCellSegBackend(*models, device="cuda")
+    with pytest.raises(InputError, match="expected auto, cpu, cuda or cuda:N"):
+        HpaCellSegBackend(*models, device="gpu0")
+
+
 def test_non_square_round_trip(backend):
     img = synth()  # 192 x 256: scaled 48 x 64, padded to 64 x 64
     cells, nuclei = backend.segment(img)
