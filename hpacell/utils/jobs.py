@@ -8,6 +8,7 @@ text, so the caller can record it and go on.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +43,19 @@ def _call(fn: Callable[[Any], Any], item: Any) -> JobResult:
         log.debug("item %r failed:\n%s", item, traceback.format_exc())
         return JobResult(item, error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
     return JobResult(item, value=value, seconds=time.perf_counter() - t0)
+
+
+def _init_worker() -> None:
+    """Each worker process computes on one thread.
+
+    A forked worker inherits torch's OpenMP pool in the state it had in the parent; GNU OpenMP cannot
+    run a parallel region in such a child (it hangs for ever), so a worker of a process that already
+    ran torch on several threads must stay on one. One thread per worker is also what a pool of
+    ``workers`` processes on ``workers`` cores wants.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def run_jobs(
@@ -83,7 +97,7 @@ def run_jobs(
                 bar.update()
                 yield res
             return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
             pending: dict = {}  # future -> input position
             finished: dict[int, JobResult] = {}
             next_out = 0

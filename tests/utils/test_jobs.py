@@ -53,3 +53,30 @@ def test_progress_total_from_len_or_given(monkeypatch, tmp_path):
     _Bar.totals = []
     make_synth_dataset(tmp_path, 2, 64, seed=0, cell_scale=0.2)  # synth's bar knows its total
     assert _Bar.totals == [2]
+
+
+def test_workers_forked_after_torch_ran_on_threads_do_not_hang():
+    """GNU OpenMP hangs in a forked child of a process that used its thread pool (seen with the
+    hpacellseg CPU backend after other torch work in the same process): workers compute on one thread."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import torch
+        from hpacell.utils.jobs import run_jobs
+
+        def conv(seed):
+            x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(seed))
+            return float(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate").sum())
+
+        if __name__ == "__main__":
+            torch.set_num_threads(2)
+            conv(0)  # the parent's OpenMP pool is now up
+            assert all(r.ok for r in run_jobs(conv, range(4), workers=2)), "a job failed"
+            print("ok")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
