@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from hpacell.cellcrops.labels import HPA2021, get_taxonomy, write_labels
 from hpacell.classifier.model import load_checkpoint, read_checkpoint
 from hpacell.classifier.scoring.build_submission import build_submission
-from hpacell.utils.device import resolve_device as _resolve_device
+from hpacell.utils.device import resolve_device
 from hpacell.utils.errors import InputError
 from hpacell.utils.files import atomic_write_bytes
 from hpacell.utils.outputs import check_stamp, file_digest, fingerprint, write_stamp
@@ -93,14 +93,6 @@ class PredictConfig(BaseModel):
 
 
 # --------------------------------------------------------------------------- cell scores
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` = CUDA when available (this process's GPU), else CPU.
-
-    See :func:`hpacell.utils.device.resolve_device`.
-    """
-    return _resolve_device(name)
-
-
 def _views(x: torch.Tensor, tta: bool) -> list[torch.Tensor]:
     return [x, torch.flip(x, dims=[3]), torch.flip(x, dims=[2])] if tta else [x]
 

@@ -30,6 +30,7 @@ from hpacell.classifier.training.samplers import (
     ShuffleSampler,
     seed_worker,
 )
+from hpacell.utils.device import default_workers  # min(4, this process's CPUs or SLURM share)
 from hpacell.utils.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -129,13 +130,6 @@ class TrainTransform:
             b = self.rng.uniform(-self.brightness, self.brightness, size=4).astype(np.float32)
             x = np.clip(x * c + b, 0.0, 1.0)
         return _normalise(x)
-
-
-def default_workers() -> int:
-    """``min(4, CPUs of this process)``: the SLURM task's ``--cpus-per-task`` share, else the usable CPUs."""
-    from hpacell.utils.device import default_workers as workers
-
-    return workers(4)
 
 
 class SeededSampler(Sampler):

@@ -67,7 +67,7 @@ from hpacell.classifier.training.data import (
     set_loader_epoch,
 )
 from hpacell.classifier.training.losses import CellLoss, class_pos_weight
-from hpacell.utils.device import resolve_device as _resolve_device
+from hpacell.utils.device import resolve_device  # this rank's device: one GPU per task or all per node
 from hpacell.utils.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,6 @@ def setup_distributed(device: str) -> DistInfo:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         log.info("rank %d of world_size=%d (local rank %d) on %s", info.rank, world, info.local_rank, dev)
     return info
-
-
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """This rank's device: :func:`hpacell.utils.device.resolve_device` (one GPU per task or all per node)."""
-    return _resolve_device(name, local_rank)
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
