@@ -7,10 +7,12 @@ result must equal the reference's masks pixel for pixel. With ``--compare`` it
 also times a straightforward version (the reference's steps with the
 scikit-image / SciPy calls the reference makes, our code) on the same maps, so
 the speed-up can be read under the same machine load; with ``--fast`` it times
-``exact_ties=False`` and counts the pixels that differ. One thread (OpenCV, BLAS).
-Prints JSON: per case CPU and wall seconds, their medians, identical: true/false.
+``exact_ties=False`` and counts the pixels that differ; with ``--skimage-flood`` the three
+watersheds run in scikit-image instead of the compiled flood (what an install without numba
+gets). One thread (OpenCV, BLAS). Prints JSON: per case CPU and wall seconds, their medians,
+identical: true/false, which flood ran.
 
-    python benchmarks/hpacellseg_postprocess.py [--repeats 1] [--compare] [--fast]
+    python benchmarks/hpacellseg_postprocess.py [--repeats 1] [--compare] [--fast] [--skimage-flood]
 """
 
 from __future__ import annotations
@@ -80,7 +82,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--compare", action="store_true", help="also time the straightforward version")
     ap.add_argument("--fast", action="store_true", help="also time exact_ties=False (pixels differing)")
+    ap.add_argument("--skimage-flood", action="store_true", help="scikit-image's watershed, not numba's")
     args = ap.parse_args()
+    from hpacell.segmentation.backends import flood
+
+    if args.skimage_flood:
+        flood._KERNELS["packed"] = None
     cv2.setNumThreads(1)
     if not (GOLDEN / "cases.json").is_file():
         raise SystemExit(f"no golden data under {GOLDEN}")
@@ -92,6 +99,7 @@ def main() -> None:
     if args.compare:
         runs["straightforward"] = straightforward
     result: dict = {"cases": {}, "identical": True, "threads": 1}
+    result["flood"] = "numba" if flood.have_numba() else "scikit-image"
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     wall: dict[str, list[float]] = {k: [] for k in runs}
     for name, case in cases.items():

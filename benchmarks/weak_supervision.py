@@ -21,7 +21,8 @@ Reduced (the README figures; seeds as parallel processes, then summarised)::
 Methods: ``inherit``, ``mil`` (``weak_loss=mil``, ``mil_cell_weight=0``: pure MIL), ``mil_zero`` (mil with
 the inherited Negative 0),
 ``mil_hybrid`` (mil plus the inherited per-cell BCE on the image's classes, ``mil_cell_weight=1``),
-``refine`` (one round of label refinement, hard rule), ``refine_soft``, ``refine_mil`` (refinement
+``refine`` (one round of label refinement, hard rule), ``refine_soft``, ``refine_t03`` (hard rule,
+threshold 0.3), ``refine_mil`` (refinement
 from MIL-trained fold models, final model plain BCE on the refined targets), ``truth``.
 Synth data and crops are cached in ``--work``; runs are redone each call.
 """
@@ -46,6 +47,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "mil_hybrid": {"weak_loss": "mil", "mil_cell_weight": 1.0},  # + the inherited per-cell positives
     "refine": {"refine_rounds": 1},
     "refine_soft": {"refine_rounds": 1, "refine_rule": "soft"},
+    "refine_t03": {"refine_rounds": 1, "refine_threshold": 0.3},  # drops only clearly low-scoring classes
     "refine_mil": {"refine_rounds": 1, "weak_loss": "mil"},  # fold models only (see run_method)
     "truth": {},  # cell_labels = synth's cells.csv
 }

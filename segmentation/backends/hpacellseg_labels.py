@@ -43,7 +43,8 @@ from scipy import ndimage as ndi
 from skimage import measure
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
-from skimage.segmentation import watershed
+
+from hpacell.segmentation.backends.flood import flood
 
 __all__ = ["label_cells", "cell_threshold"]
 
@@ -57,43 +58,56 @@ def _above(plane: np.ndarray, threshold: float) -> np.ndarray:
     return (_LEVELS > threshold)[plane]
 
 
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Labels with fewer than ``min_size`` pixels (counted over the whole image) set to 0."""
-    if min_size <= 0:
+def _drop_small(labels: np.ndarray, min_size: int, dtype: type | None = None) -> np.ndarray:
+    """Labels with fewer than ``min_size`` pixels (counted over the whole image) set to 0, cast to
+    ``dtype`` (numpy's wrap-around) by the same table look-up."""
+    if min_size <= 0 and dtype is None:
         return labels
-    small = np.bincount(labels.ravel()) < min_size
-    small[0] = False
-    if not small.any():
-        return labels
-    return np.where(small[labels], 0, labels)
+    counts = np.bincount(labels.ravel())
+    ids = np.arange(counts.size, dtype=labels.dtype)
+    ids[counts < min_size] = 0
+    ids[0] = 0
+    return ids.astype(dtype or labels.dtype, copy=False)[labels]
 
 
-def _pieces(mask: np.ndarray, connectivity: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def _pieces(
+    mask: np.ndarray, connectivity: int = 4, areas: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``(labels, areas)`` of the connected pieces of a bool mask (ids in no particular order;
-    ``areas[0]`` is the background)."""
-    mask = np.ascontiguousarray(mask)
-    n, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=connectivity)
-    return labels, np.bincount(labels.ravel(), minlength=n)
+    ``areas[0]`` is the background; None with ``areas=False``)."""
+    mask = np.ascontiguousarray(mask).view(np.uint8)
+    if not areas:
+        return cv2.connectedComponents(mask, connectivity=connectivity)[1], None
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=connectivity)
+    return labels, stats[:, cv2.CC_STAT_AREA]
 
 
-def _keep_pieces(mask: np.ndarray, min_size: int, connectivity: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """``(kept mask, their labels)``: pieces of ``mask`` of at least ``min_size`` pixels
+def _keep_pieces(mask: np.ndarray, min_size: int, connectivity: int = 4) -> np.ndarray:
+    """The pieces of ``mask`` of at least ``min_size`` pixels
     (``skimage.morphology.remove_small_objects`` with the old exclusive ``min_size``)."""
     labels, areas = _pieces(mask, connectivity)
     keep = areas >= min_size
     keep[0] = False
-    kept = keep[labels]
-    return kept, np.where(kept, labels, 0)
+    return keep[labels]
+
+
+def _kept_labels(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Distinct ids of the 4-connected pieces of ``mask`` of at least ``min_size`` pixels, 0 elsewhere."""
+    labels, areas = _pieces(mask)
+    ids = np.arange(areas.size, dtype=np.int32)
+    ids[areas < min_size] = 0
+    ids[0] = 0
+    return ids[labels]
 
 
 def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
     """``mask`` with background pieces (4-connected, edge ones included) under ``max_area`` px set."""
-    return ~_keep_pieces(~mask, max_area)[0]
+    return ~_keep_pieces(~mask, max_area)
 
 
 def _fill_all_holes(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes``: background not 4-connected to the image edge is set."""
-    labels, _ = _pieces(~mask)
+    labels, _ = _pieces(~mask, areas=False)
     edge = np.zeros(labels.max() + 1, bool)
     for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         edge[side] = True
@@ -106,12 +120,13 @@ def _label_components(labels: np.ndarray) -> np.ndarray:
     return measure.label(labels, connectivity=2)
 
 
-def _fill_holes(labels: np.ndarray, boundary_gaps: bool = True) -> np.ndarray:
+def _fill_holes(labels: np.ndarray, boundary_gaps: bool = True, ids: bool = True) -> np.ndarray:
     """The reference's "fill holes": boundaries removed, holes of the union filled, 4-connected
-    pieces as the new ids (their order does not matter to any later step)."""
+    pieces as the new ids (their order does not matter to any later step); with ``ids=False``
+    and ``boundary_gaps`` only the filled mask (bool)."""
     if boundary_gaps:
-        kept = (labels > 0) & ~_boundaries(labels)
-        return _pieces(_fill_all_holes(kept))[0]
+        filled = _fill_all_holes((labels > 0) & ~_boundaries(labels))
+        return _pieces(filled, areas=False)[0] if ids else filled
     holes = _fill_all_holes(labels > 0) & (labels == 0)
     if not holes.any():
         return labels
@@ -131,50 +146,6 @@ def _boundaries(labels: np.ndarray) -> np.ndarray:
     out[1:] |= d
     out[:-1] |= d
     return out
-
-
-def _flood_direct(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray, line: bool) -> np.ndarray:
-    """scikit-image's flood itself, without its wrapper's extra copies (same arrays, same order)."""
-    from skimage.morphology._util import _offsets_to_raveled_neighbors
-    from skimage.segmentation import _watershed_cy
-
-    h, w = mask.shape
-    image = np.zeros((h + 2, w + 2), np.float64)
-    image[1:-1, 1:-1] = elevation
-    flags = np.zeros((h + 2, w + 2), np.int8)
-    flags[1:-1, 1:-1] = mask
-    out = np.zeros((h + 2, w + 2), np.int32)
-    out[1:-1, 1:-1] = np.where(mask, markers, 0)
-    stride = w + 2
-    neighbours = _offsets_to_raveled_neighbors(image.shape, _CROSS, (1, 1))
-    strides = np.array([stride, 1], np.intp)
-    locations = np.flatnonzero(out)
-    _watershed_cy.watershed_raveled(
-        image.ravel(), locations, neighbours, flags.ravel(), strides, 0.0, out.ravel(), line
-    )
-    return out[1:-1, 1:-1]
-
-
-_DIRECT: list[bool] = []
-
-
-def _direct_works() -> bool:
-    """Whether :func:`_flood_direct` gives what ``watershed`` gives here (checked once on small cases)."""
-    if not _DIRECT:
-        ok = True
-        rng = np.random.default_rng(0)
-        try:
-            for line in (False, True):
-                level = rng.integers(0, 4, (23, 31)).astype(np.float64)
-                mask = rng.random((23, 31)) < 0.9
-                seeds = np.zeros((23, 31), np.int32)
-                seeds[3, 4], seeds[12, 20], seeds[20, 5], seeds[5, 28] = 1, 2, 3, 2
-                want = watershed(level, seeds, mask=mask, watershed_line=line)
-                ok &= np.array_equal(_flood_direct(level, seeds, mask, line), want)
-        except Exception:  # noqa: BLE001 - another scikit-image: use its public function
-            ok = False
-        _DIRECT.append(bool(ok))
-    return _DIRECT[0]
 
 
 def _flood(
@@ -198,9 +169,7 @@ def _flood(
         out = _flood(elevation, markers, mask & ~interior, line)
         out[interior] = markers[interior]
         return out
-    if _direct_works():
-        return _flood_direct(elevation, markers, mask, line)
-    return watershed(elevation, markers, mask=mask, watershed_line=line).astype(np.int32, copy=False)
+    return flood(elevation, markers, mask, line)
 
 
 def cell_threshold(cell_foreground: np.ndarray) -> float:
@@ -230,10 +199,10 @@ def _nuclei(nuclei_map: np.ndarray, cell_map: np.ndarray, min_nucleus_size: int)
     border_sum = n_border + cell_map[..., 1]  # uint8: wraps past 255, as in the reference
     allowed = ((1.0 - _LEVELS) > 0.05)[border_sum]
     seeds = allowed & _above(n_fg, 0.15)
-    _, markers = _keep_pieces(seeds, 500)  # marker ids need only be distinct
+    markers = _kept_labels(seeds, 500)  # marker ids need only be distinct
     region = _above(n_fg, 0.4)
     region = _fill_small_holes(region, 1000)
-    region, _ = _keep_pieces(region, 8)
+    region = _keep_pieces(region, 8)
     nuclei = _flood(region, markers, region, line=True)
     nuclei = _drop_small(nuclei, min_nucleus_size)
     return _label_components(nuclei)
@@ -282,18 +251,18 @@ def label_cells(
 
     t = cell_threshold(c_fg)
     region = _above(c_fg, t)
-    elevation = -c_fg.astype(np.float64)
+    elevation = 255 - c_fg  # -C2 shifted by 255 (the same order): uint8 levels for the compiled flood
     cells = _flood(elevation, nuclei, region)
-    cells = _drop_small(cells, min_cell_size).astype(np.uint8)  # ids wrap past 255, as in the reference
+    cells = _drop_small(cells, min_cell_size, np.uint8)  # ids wrap past 255, as in the reference
     if closing_radius > 0:
         kernel = disk(closing_radius).astype(np.uint8)  # cv2's closing ignores the outside, as
         cells = cv2.morphologyEx(cells, cv2.MORPH_CLOSE, kernel)  # skimage's "reflect" does here
     cells = _fill_holes(cells, boundary_gaps)
     grow = (cells > 0) | _above(c_border, 0.05)
     cells = _flood(elevation, cells, grow, edges_only=not exact_ties)
-    cells = _fill_holes(cells, boundary_gaps)
+    cells = _fill_holes(cells, boundary_gaps, ids=False)
     if boundary_gaps:  # 8-connected pieces of the foreground, small ones dropped, 1..N in raster order
-        cells, n = ndi.label(cells > 0, _SQUARE)
+        cells, n = ndi.label(cells, _SQUARE)
         keep = np.bincount(cells.ravel(), minlength=n + 1) >= min_cell_size
         keep[0] = False
         ids = np.zeros(n + 1, np.int32)
@@ -303,5 +272,5 @@ def label_cells(
         cells = _label_components(_drop_small(_label_components(cells), min_cell_size))
     cells = cells.astype(np.uint16)
 
-    inside, _ = _keep_pieces((cells > 0) & (nuclei > 0), min_nucleus_size, connectivity=8)
+    inside = _keep_pieces((cells > 0) & (nuclei > 0), min_nucleus_size, connectivity=8)
     return cells, np.where(inside, cells, 0)

@@ -140,6 +140,22 @@ def test_library_labelling_equals_the_reference(case):
     assert_same_masks(case, cells, nuclei)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "skimage"])
+def test_both_floods_give_the_reference_masks(compiled, monkeypatch):
+    """The compiled flood (numba) and scikit-image's give the same masks: the reference's."""
+    from hpacell.segmentation.backends import flood
+
+    if compiled and not flood.have_numba():
+        pytest.skip("numba not installed")
+    if not compiled:
+        monkeypatch.setitem(flood._KERNELS, "packed", None)
+    case = "post-a34d8680-strong" if "post-a34d8680-strong" in CASES else POST_CASES[0]
+    files = CASES[case]["files"]
+    cells, nuclei = label_cells(read_map(GOLDEN / files["cell_map"]), read_map(GOLDEN / files["nuclei_map"]))
+    assert np.array_equal(cells, read_mask(GOLDEN / files["cellmask"]))
+    assert np.array_equal(nuclei, read_mask(GOLDEN / files["nucleimask"]))
+
+
 def test_12bit_default_rescales_and_finds_the_8bit_cells(backend):
     img12 = read_image_set(GOLDEN / "inputs", "u12x16-000a6c98")
     cells, nuclei = backend.segment(img12)
