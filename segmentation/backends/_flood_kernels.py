@@ -94,6 +94,22 @@ def flood_plain(level, mask, out, offsets, heap, ib):
 
 
 @_jit
+def sift_up_pair(keys, load, items, k, v):
+    """:func:`sift_up` for a heap of keys ``keys`` with payloads ``load`` beside them."""
+    c = items
+    while c > 0:
+        parent = (c + 1) // 2 - 1
+        if k < keys[parent]:
+            keys[c] = keys[parent]
+            load[c] = load[parent]
+            c = parent
+        else:
+            break
+    keys[c] = k
+    load[c] = v
+
+
+@_jit
 def flood_lines(level, mask, out, offsets, keys, load):
     """With watershed lines: keys ``level << 40 | age``, payloads ``pixel << 32 | source``.
 
@@ -107,18 +123,7 @@ def flood_lines(level, mask, out, offsets, keys, load):
         if out[p] != 0:
             if items == cap:
                 return -1
-            k = (np.int64(level[p]) + 1) << 40
-            c = items
-            while c > 0:
-                parent = (c + 1) // 2 - 1
-                if k < keys[parent]:
-                    keys[c] = keys[parent]
-                    load[c] = load[parent]
-                    c = parent
-                else:
-                    break
-            keys[c] = k
-            load[c] = (np.int64(p) << 32) | p
+            sift_up_pair(keys, load, items, (np.int64(level[p]) + 1) << 40, (np.int64(p) << 32) | p)
             items += 1
     age = 1
     while items > 0:
@@ -172,17 +177,6 @@ def flood_lines(level, mask, out, offsets, keys, load):
             lq = np.int64(level[q]) + 1
             if lq < (top_k >> 40):
                 lq = top_k >> 40
-            k = (lq << 40) | age
-            c = items
-            while c > 0:
-                parent = (c + 1) // 2 - 1
-                if k < keys[parent]:
-                    keys[c] = keys[parent]
-                    load[c] = load[parent]
-                    c = parent
-                else:
-                    break
-            keys[c] = k
-            load[c] = (np.int64(q) << 32) | src
+            sift_up_pair(keys, load, items, (lq << 40) | age, (np.int64(q) << 32) | src)
             items += 1
     return 0
