@@ -22,7 +22,8 @@ Methods: ``inherit``, ``mil`` (``weak_loss=mil``, ``mil_cell_weight=0``: pure MI
 the inherited Negative 0),
 ``mil_hybrid`` (mil plus the inherited per-cell BCE on the image's classes, ``mil_cell_weight=1``),
 ``refine`` (one round of label refinement, hard rule), ``refine_soft``, ``refine_t03`` (hard rule,
-threshold 0.3), ``refine_mil`` (refinement
+threshold 0.3), ``refine_keep_negative`` (no cell made Negative: a cell left without a class has no
+positive target), ``refine_mil`` (refinement
 from MIL-trained fold models, final model plain BCE on the refined targets), ``truth``.
 Synth data and crops are cached in ``--work``; runs are redone each call.
 """
@@ -48,6 +49,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "refine": {"refine_rounds": 1},
     "refine_soft": {"refine_rounds": 1, "refine_rule": "soft"},
     "refine_t03": {"refine_rounds": 1, "refine_threshold": 0.3},  # drops only clearly low-scoring classes
+    "refine_keep_negative": {"refine_rounds": 1, "refine_negative": False},  # no cell made Negative
     "refine_mil": {"refine_rounds": 1, "weak_loss": "mil"},  # fold models only (see run_method)
     "truth": {},  # cell_labels = synth's cells.csv
 }
