@@ -63,11 +63,16 @@ def _drop_small(labels: np.ndarray, min_size: int, dtype: type | None = None) ->
     ``dtype`` (numpy's wrap-around) by the same table look-up."""
     if min_size <= 0 and dtype is None:
         return labels
-    counts = np.bincount(labels.ravel())
-    ids = np.arange(counts.size, dtype=labels.dtype)
-    ids[counts < min_size] = 0
-    ids[0] = 0
+    ids = _without_small(np.bincount(labels.ravel()), min_size)
     return ids.astype(dtype or labels.dtype, copy=False)[labels]
+
+
+def _without_small(areas: np.ndarray, min_size: int) -> np.ndarray:
+    """Look-up table id -> id (int32), 0 for the background and for ids of fewer than ``min_size`` px."""
+    ids = np.arange(areas.size, dtype=np.int32)
+    ids[areas < min_size] = 0
+    ids[0] = 0
+    return ids
 
 
 def _pieces(
@@ -94,10 +99,7 @@ def _keep_pieces(mask: np.ndarray, min_size: int, connectivity: int = 4) -> np.n
 def _kept_labels(mask: np.ndarray, min_size: int) -> np.ndarray:
     """Distinct ids of the 4-connected pieces of ``mask`` of at least ``min_size`` pixels, 0 elsewhere."""
     labels, areas = _pieces(mask)
-    ids = np.arange(areas.size, dtype=np.int32)
-    ids[areas < min_size] = 0
-    ids[0] = 0
-    return ids[labels]
+    return _without_small(areas, min_size)[labels]
 
 
 def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
