@@ -27,7 +27,9 @@ nucleus masks the reference's ``label_cell`` gives, its quirks included:
 - nuclei: nucleus pixels inside cells, 8-connected pieces under 2,500 px
   dropped, each carrying the id of its cell.
 
-All thresholds compare ``value / 255`` strictly, as the reference does.
+All thresholds compare ``value / 255`` strictly, as the reference does. The three
+watersheds are scikit-image's, run by :func:`hpacell.segmentation.backends.flood.flood`
+(the same heap order, compiled with numba when it is installed).
 ``boundary_gaps=False`` (not the reference) keeps touching cells touching: the
 "fill holes" steps fill holes without removing label boundaries, so cells keep
 their nuclei's ids and no 2 px gaps or fragments appear. ``exact_ties=False`` (not
