@@ -23,7 +23,8 @@ the inherited Negative 0),
 ``mil_hybrid`` (mil plus the inherited per-cell BCE on the image's classes, ``mil_cell_weight=1``),
 ``refine`` (one round of label refinement, hard rule), ``refine_soft``, ``refine_t03`` (hard rule,
 threshold 0.3), ``refine_keep_negative`` (no cell made Negative: a cell left without a class has no
-positive target), ``refine2_soft`` (two rounds, soft rule), ``refine_mil`` (refinement
+positive target), ``refine2_soft`` (two rounds, soft rule), ``refine_soft_mix`` (soft
+targets averaged with the inherited ones), ``refine_mil`` (refinement
 from MIL-trained fold models, final model plain BCE on the refined targets), ``truth``.
 Synth data and crops are cached in ``--work``; runs are redone each call.
 """
@@ -50,7 +51,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "refine_soft": {"refine_rounds": 1, "refine_rule": "soft"},
     "refine_t03": {"refine_rounds": 1, "refine_threshold": 0.3},  # drops only clearly low-scoring classes
     "refine_keep_negative": {"refine_rounds": 1, "refine_negative": False},  # no cell made Negative
-    "refine2_soft": {"refine_rounds": 2, "refine_rule": "soft"},  # round 2's fold models learn round 1's targets
+    "refine2_soft": {"refine_rounds": 2, "refine_rule": "soft"},  # round 2 learns round 1's targets
+    "refine_soft_mix": {"refine_rounds": 1, "refine_rule": "soft", "refine_mix": 0.5},  # half inherited
     "refine_mil": {"refine_rounds": 1, "weak_loss": "mil"},  # fold models only (see run_method)
     "truth": {},  # cell_labels = synth's cells.csv
 }

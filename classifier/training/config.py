@@ -128,6 +128,9 @@ class TrainConfig(BaseModel):
     refine_negative: bool = Field(
         True, description="a cell of a positive image keeping none of its image's classes becomes Negative"
     )
+    refine_mix: float = Field(
+        1.0, ge=0.0, le=1.0, description="weight of the refined targets against the inherited (1: refined)"
+    )
 
     # --- optimisation
     epochs: int = Field(10, ge=1)

@@ -49,6 +49,7 @@ def refine_targets(
     threshold: float = 0.5,
     negative: int | None = None,
     make_negative: bool = True,
+    mix: float = 1.0,
 ) -> np.ndarray:
     """Refined per-cell targets from cell scores and the (inherited) image labels.
 
@@ -57,8 +58,9 @@ def refine_targets(
     (1) where ``ratio >= threshold`` and drops it (0) otherwise, ``soft`` sets the
     target to ``min(1, ratio)``. Classes absent from the image stay 0. With
     ``make_negative``, Negative = ``1 - max`` of the cell's refined image classes
-    (1 for a cell keeping none). Cells of Negative images (and cells without
-    labels) keep their labels.
+    (1 for a cell keeping none). ``mix < 1`` blends: target = ``mix x refined +
+    (1 - mix) x inherited`` (0: the inherited labels unchanged). Cells of Negative
+    images (and cells without labels) keep their labels.
 
     Parameters
     ----------
@@ -95,9 +97,12 @@ def refine_targets(
     if rule not in ("hard", "soft"):
         raise ValueError(f"unknown refine rule {rule!r}")
     refined = np.where(y_pos, refined, 0.0).astype(np.float32)
+    inherited = out.copy()
     out[positive] = refined[positive]
     if negative is not None and make_negative:
         out[positive, negative] = 1.0 - refined[positive].max(1)
+    if mix < 1.0:
+        out = (mix * out + (1.0 - mix) * inherited).astype(np.float32)
     return out
 
 
@@ -189,6 +194,7 @@ def relabel(
             config.refine_threshold,
             negative,
             config.refine_negative,
+            config.refine_mix,
         )
         refined[~scored] = inherited[~scored]
         oof = pd.DataFrame(probs, columns=classes)

@@ -125,6 +125,10 @@ def test_refinement_drops_the_label_of_a_cell_whose_scores_say_it_lacks_it():
     soft = refine_targets(probs, y, groups, "soft", 0.5, negative=3)
     assert soft[1, 1] == pytest.approx(0.05 / 0.8) and soft[3, 2] == pytest.approx(0.1 / 0.7)
     assert soft[3, 3] == pytest.approx(1 - 0.1 / 0.7)
+    # mix blends refined and inherited targets; 0 leaves the inherited labels
+    half = refine_targets(probs, y, groups, "soft", 0.5, negative=3, mix=0.5)
+    np.testing.assert_allclose(half, 0.5 * soft + 0.5 * y, atol=1e-6)
+    assert refine_targets(probs, y, groups, "hard", 0.5, negative=3, mix=0.0).tolist() == y.tolist()
     # a Negative image keeps its labels; without a Negative class nothing is added
     y_neg = np.array([[0, 0, 0, 1]])
     assert refine_targets(probs[:1], y_neg, ["z"], negative=3).tolist() == [[0, 0, 0, 1]]
