@@ -42,18 +42,19 @@ from typing import Any
 
 import numpy as np
 
+HARD = {"refine_rounds": 1, "refine_rule": "hard", "refine_mix": 1.0}  # every refine setting explicit
 METHODS: dict[str, dict[str, Any]] = {
     "inherit": {},
     "mil": {"weak_loss": "mil", "mil_cell_weight": 0.0},  # pure MIL
     "mil_zero": {"weak_loss": "mil", "mil_cell_weight": 0.0, "mil_negative": "zero"},
     "mil_hybrid": {"weak_loss": "mil", "mil_cell_weight": 1.0},  # + the inherited per-cell positives
-    "refine": {"refine_rounds": 1},
-    "refine_soft": {"refine_rounds": 1, "refine_rule": "soft"},
-    "refine_t03": {"refine_rounds": 1, "refine_threshold": 0.3},  # drops only clearly low-scoring classes
-    "refine_keep_negative": {"refine_rounds": 1, "refine_negative": False},  # no cell made Negative
-    "refine2_soft": {"refine_rounds": 2, "refine_rule": "soft"},  # round 2 learns round 1's targets
-    "refine_soft_mix": {"refine_rounds": 1, "refine_rule": "soft", "refine_mix": 0.5},  # half inherited
-    "refine_mil": {"refine_rounds": 1, "weak_loss": "mil"},  # fold models only (see run_method)
+    "refine": HARD,
+    "refine_soft": {**HARD, "refine_rule": "soft"},
+    "refine_t03": {**HARD, "refine_threshold": 0.3},  # drops only clearly low-scoring classes
+    "refine_keep_negative": {**HARD, "refine_negative": False},  # no cell made Negative
+    "refine2_soft": {**HARD, "refine_rounds": 2, "refine_rule": "soft"},  # round 2 learns round 1's targets
+    "refine_soft_mix": {**HARD, "refine_rule": "soft", "refine_mix": 0.5},  # = --refine-rounds 1 (defaults)
+    "refine_mil": {**HARD, "weak_loss": "mil"},  # fold models only (see run_method)
     "truth": {},  # cell_labels = synth's cells.csv
 }
 

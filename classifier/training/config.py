@@ -120,7 +120,7 @@ class TrainConfig(BaseModel):
     refine_rounds: int = Field(0, ge=0, description="label refinement rounds before training (0: none)")
     refine_folds: int = Field(2, ge=2, description="K of the out-of-fold models scoring the cells")
     refine_rule: Literal["hard", "soft"] = Field(
-        "hard",
+        "soft",
         description="hard: keep an image class where the cell's score >= threshold x the image's best "
         "cell's score for it, else 0; soft: target = that ratio (clipped to 1)",
     )
@@ -129,7 +129,7 @@ class TrainConfig(BaseModel):
         True, description="a cell of a positive image keeping none of its image's classes becomes Negative"
     )
     refine_mix: float = Field(
-        1.0, ge=0.0, le=1.0, description="weight of the refined targets against the inherited (1: refined)"
+        0.5, ge=0.0, le=1.0, description="weight of the refined targets against the inherited (1: refined)"
     )
 
     # --- optimisation

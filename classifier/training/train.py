@@ -751,6 +751,13 @@ def train_cells(
     if config.refine_rounds > 0:  # label refinement first (README: "Weak supervision")
         from hpacell.classifier.training.refine import relabel
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would refine into one folder
+            raise InputError(
+                "refine_rounds > 0 is not run under torchrun/srun (one process per GPU): refine first "
+                "with `hpacell relabel CELLS --out REFINE`, then train with "
+                "--cell-labels REFINE/cell_labels.parquet"
+            )
+
         labels = relabel(cells_dir, Path(out_dir) / "refine", config)
         config = config.model_copy(update={"cell_labels": str(labels)})
     return fit(build_cell_data(cells_dir, config), config, out_dir, resume=resume)

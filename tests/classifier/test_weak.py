@@ -13,6 +13,7 @@ from hpacell.classifier.training.losses import mil_loss, pool_logits
 from hpacell.classifier.training.refine import refine_targets, relabel
 from hpacell.classifier.training.samplers import ImageBatchSampler
 from hpacell.classifier.training.train import train_cells
+from hpacell.utils.errors import InputError
 
 CLASSES = ["a", "b", "c"]
 
@@ -159,7 +160,8 @@ def test_relabel_writes_a_file_that_round_trips_and_is_reused(tmp_path, make_cel
     assert np.isfinite(oof[CLASSES].to_numpy()).all()
     # the targets are the soft rule applied to the out-of-fold scores
     inherited = np.eye(3)[[i % 3 for i in range(12) for _ in range(4)]]
-    expected = refine_targets(oof[CLASSES].to_numpy(), inherited, table["image_id"], "soft")
+    ids = table["image_id"]
+    expected = refine_targets(oof[CLASSES].to_numpy(), inherited, ids, "soft", mix=cfg.refine_mix)
     np.testing.assert_allclose(ct.targets, expected, atol=1e-6)
     mtime = path.stat().st_mtime_ns
     again = relabel(cells, tmp_path / "refine", cfg, rounds=1)  # reused: same targets, no fold retrained
@@ -168,3 +170,11 @@ def test_relabel_writes_a_file_that_round_trips_and_is_reused(tmp_path, make_cel
     # and a second run gives the same file
     path2 = relabel(cells, tmp_path / "refine2", cfg, rounds=1)
     np.testing.assert_array_equal(read_cell_targets(path2, CLASSES).targets, ct.targets)
+
+
+def test_refinement_inside_a_distributed_run_is_refused(tmp_path, make_cells, monkeypatch):
+    cells = make_cells(tmp_path / "cells")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="hpacell relabel"):
+        train_cells(cells, tmp_path / "run", tiny_config(refine_rounds=1))
+    assert not (tmp_path / "run").exists()
