@@ -97,12 +97,11 @@ def refine_targets(
     if rule not in ("hard", "soft"):
         raise ValueError(f"unknown refine rule {rule!r}")
     refined = np.where(y_pos, refined, 0.0).astype(np.float32)
-    inherited = out.copy()
     out[positive] = refined[positive]
     if negative is not None and make_negative:
         out[positive, negative] = 1.0 - refined[positive].max(1)
     if mix < 1.0:
-        out = (mix * out + (1.0 - mix) * inherited).astype(np.float32)
+        out = (mix * out + (1.0 - mix) * y).astype(np.float32)
     return out
 
 

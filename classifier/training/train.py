@@ -46,7 +46,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,13 +87,28 @@ class DistInfo:
         return self.rank == 0
 
 
+def launched_world_size(env: Mapping[str, str] | None = None) -> int:
+    """Processes of this launch: srun's ``SLURM_NTASKS`` (when torchrun set no ``RANK``), else
+    torchrun's ``WORLD_SIZE``, else 1.
+
+    Examples
+    --------
+    >>> launched_world_size({"SLURM_NTASKS": "2"}), launched_world_size({"WORLD_SIZE": "4", "RANK": "0"})
+    (2, 4)
+    """
+    env = os.environ if env is None else env
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in env:
+        return int(env["SLURM_NTASKS"])
+    return int(env.get("WORLD_SIZE", "1"))
+
+
 def setup_distributed(device: str) -> DistInfo:
     """Join the process group when launched by torchrun or srun (several tasks); no-op otherwise."""
     env = os.environ
-    if "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1 and "RANK" not in env:
+    world = launched_world_size(env)
+    if world > 1 and "RANK" not in env:  # srun: its task variables in torchrun's names
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    world = int(env.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     import torch.distributed as dist
@@ -751,7 +766,7 @@ def train_cells(
     if config.refine_rounds > 0:  # label refinement first (README: "Weak supervision")
         from hpacell.classifier.training.refine import relabel
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would refine into one folder
+        if launched_world_size() > 1:  # every rank would refine into one folder
             raise InputError(
                 "refine_rounds > 0 is not run under torchrun/srun (one process per GPU): refine first "
                 "with `hpacell relabel CELLS --out REFINE`, then train with "

@@ -172,9 +172,11 @@ def test_relabel_writes_a_file_that_round_trips_and_is_reused(tmp_path, make_cel
     np.testing.assert_array_equal(read_cell_targets(path2, CLASSES).targets, ct.targets)
 
 
-def test_refinement_inside_a_distributed_run_is_refused(tmp_path, make_cells, monkeypatch):
+@pytest.mark.parametrize("launcher", ["WORLD_SIZE", "SLURM_NTASKS"])  # torchrun, srun
+def test_refinement_inside_a_distributed_run_is_refused(tmp_path, make_cells, monkeypatch, launcher):
     cells = make_cells(tmp_path / "cells")
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv(launcher, "2")
     with pytest.raises(InputError, match="hpacell relabel"):
         train_cells(cells, tmp_path / "run", tiny_config(refine_rounds=1))
     assert not (tmp_path / "run").exists()
