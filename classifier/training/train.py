@@ -81,6 +81,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # setup_distributed joined the group, so fit leaves it (teardown_distributed)
 
     @property
     def is_main(self) -> bool:
@@ -113,8 +114,9 @@ def setup_distributed(device: str) -> DistInfo:
         return DistInfo()
     import torch.distributed as dist
 
-    info = DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
+    rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", "0"))
+    info = DistInfo(rank, world, local_rank, owns_group=not dist.is_initialized())
+    if info.owns_group:
         if "MASTER_ADDR" not in env:
             raise InputError(
                 f"{world} ranks but MASTER_ADDR is not set: launch with torchrun, or srun inside the "
@@ -126,6 +128,22 @@ def setup_distributed(device: str) -> DistInfo:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         log.info("rank %d of world_size=%d (local rank %d) on %s", info.rank, world, info.local_rank, dev)
     return info
+
+
+def teardown_distributed(info: DistInfo) -> None:
+    """Leave the process group that :func:`setup_distributed` joined (a group the caller made stays).
+
+    All ranks meet at a barrier first, so no rank tears down while another still talks to it. A gloo
+    group left to interpreter shutdown can abort the process ("terminate called without an active
+    exception"): its worker threads may still release tensors then (pytorch/pytorch#190489).
+    """
+    if not info.owns_group:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -738,6 +756,7 @@ def fit(
         from hpacell.utils.files import atomic_write_bytes
 
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    teardown_distributed(dist_info)
     return summary
 
 

@@ -234,3 +234,20 @@ def test_a_kill_between_last_pt_and_best_pt_is_repaired_by_the_resume(tmp_path, 
     summary = fit(make_data(), cfg, tmp_path, resume=True)
     assert summary["best_epoch"] == 0
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 0
+
+
+def test_fit_leaves_only_the_process_group_it_joined(tmp_path):
+    """teardown_distributed destroys a group setup_distributed made, never one the caller made."""
+    import torch.distributed as dist
+
+    from hpacell.classifier.training.train import DistInfo, teardown_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        teardown_distributed(DistInfo())  # the caller's group: it stays
+        assert dist.is_initialized()
+        teardown_distributed(DistInfo(owns_group=True))
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
