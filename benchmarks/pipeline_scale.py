@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
             str(args.seed),
             "--folds",
             str(max(2, min(5, args.images))),
+            "--refine-rounds",  # the throughput of one training run (refinement adds ~one more)
+            "0",
         ]
         stages["train-cells"] = run_stage("train-cells", train, run, logs)
         trained = args.epochs * args.train_batches * args.batch_size

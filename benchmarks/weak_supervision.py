@@ -113,6 +113,7 @@ def base_config(args: argparse.Namespace, seed: int):
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
         seed=seed, schedule="onecycle", warmup_epochs=0, backbone_lr_mult=1.0, triplet_lambda=0.0,
         embedding_dim=128, num_workers=args.num_workers, crop_size=args.crop_size,
+        refine_rounds=0,  # train-cells refines by default; here each method says what it refines
     )  # fmt: skip
 
 

@@ -44,6 +44,12 @@ class DemoConfig(StrictModel):
     crop_size: int = Field(48, ge=16)
     model: str = Field("resnet10t", description="timm backbone (trained from scratch)")
     epochs: int = Field(12, ge=1)
+    refine_rounds: int = Field(
+        0,
+        ge=0,
+        description="label refinement rounds (train-cells' default is 1; 0 here keeps the demo ~2 min: "
+        "a round doubles the training time; README, Weak supervision)",
+    )
     batch_size: int = Field(32, ge=2)
     lr: float = Field(3e-3, gt=0)
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
@@ -114,8 +120,7 @@ def run_demo(
     from hpacell.classifier.scoring.report import make_report, plot_ap_bars, plot_pr_curves
     from hpacell.classifier.scoring.submission import read_submission
     from hpacell.classifier.training.config import TrainConfig
-    from hpacell.classifier.training.data import build_cell_data
-    from hpacell.classifier.training.train import check_resume, fit
+    from hpacell.classifier.training.train import check_resume, train_cells
     from hpacell.utils.files import atomic_write_bytes
     from hpacell.utils.outputs import claim_folder
 
@@ -148,26 +153,28 @@ def run_demo(
         summary["segmentation"] = _segment_agreement(test_masks, test_dir / "masks", test_ids)
 
     with step("crop", f"crop cells ({cfg.crop_size} px)"):
-        train_cells = _crop(
+        train_cells_dir = _crop(
             train_dir / "images", train_masks, out / "cells-train", cfg.crop_size, cfg.workers,
             labels=train_dir / "train.csv",
         )  # fmt: skip
         test_cells = _crop(test_dir / "images", test_masks, out / "cells-test", cfg.crop_size, cfg.workers)
 
     run = out / "run"
-    with step("train", f"train-cells ({cfg.model}, {cfg.epochs} epochs, {cfg.device})"):
+    refined = f", {cfg.refine_rounds} refinement round(s)" if cfg.refine_rounds else ""
+    with step("train", f"train-cells ({cfg.model}, {cfg.epochs} epochs{refined}, {cfg.device})"):
         # From scratch (no ImageNet file in a demo): no frozen warm-up, one LR for all, one-cycle; the
         # triplet term did not help on synth data (README, train-cells), so the demo leaves it out.
         tcfg = TrainConfig(
             model=cfg.model, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=cfg.device,
             seed=cfg.seed, folds=5, warmup_epochs=0, backbone_lr_mult=1.0, schedule="onecycle",
             embedding_dim=128, triplet_lambda=0.0, num_workers=min(cfg.workers, 2),
+            refine_rounds=cfg.refine_rounds,
         )  # fmt: skip
         check_resume(run, tcfg)  # a changed model etc. is refused before config.yaml is rewritten
         save_config(tcfg, run / "config.yaml")
         done = _finished_epochs(run)
         if done < cfg.epochs:
-            fit(build_cell_data(train_cells, tcfg), tcfg, run, resume=(run / "last.pt").exists())
+            train_cells(train_cells_dir, run, tcfg, resume=(run / "last.pt").exists())
         summary["train"] = _best_record(run)
 
     pred = out / "predict"

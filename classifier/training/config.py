@@ -117,7 +117,12 @@ class TrainConfig(BaseModel):
         description="Negative target of cells of positive images under mil: ignore (no loss; a cell may "
         "show none of its image's patterns) or zero (as inherited)",
     )
-    refine_rounds: int = Field(0, ge=0, description="label refinement rounds before training (0: none)")
+    refine_rounds: int = Field(
+        1,
+        ge=0,
+        description="label refinement rounds before training (0: none); default 1, or 0 when "
+        "cell_labels are given (per-cell targets are not refined unless asked)",
+    )
     refine_folds: int = Field(2, ge=2, description="K of the out-of-fold models scoring the cells")
     refine_rule: Literal["hard", "soft"] = Field(
         "soft",
@@ -165,6 +170,13 @@ class TrainConfig(BaseModel):
         "autotuning); default: on CPU (bit-identical seeded runs), off on CUDA (autotuned, fastest kernels)",
     )
     cell_truth: str | None = Field(None, description="cells.csv (ID,cell,Label) with per-cell truth")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_refinement(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("refine_rounds") is None:  # unset or null: by cell_labels
+            data = {**data, "refine_rounds": 0 if data.get("cell_labels") else 1}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -332,8 +332,14 @@ def apply_cell_labels(
     return targets, given
 
 
-def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainData:
-    """Split a ``hpacell crop`` folder by image and wrap both sides as ``CellDataset``."""
+def build_cell_data(
+    cells_dir: str | os.PathLike, config: TrainConfig, cell_labels: str | os.PathLike | None = None
+) -> TrainData:
+    """Split a ``hpacell crop`` folder by image and wrap both sides as ``CellDataset``.
+
+    ``cell_labels`` (a per-cell targets file) replaces ``config.cell_labels``: label
+    refinement's output, so the run's config keeps the options the user gave.
+    """
     from hpacell.cellcrops.dataset import CellDataset
     from hpacell.cellcrops.labels import TAXONOMIES
     from hpacell.classifier.training.split import image_split
@@ -352,9 +358,10 @@ def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainD
         if len(train_rows) == 0:
             raise InputError(f"{cells_dir}: no training cell comes from a single-label image")
     targets, given = labels, np.zeros(len(table), bool)
-    if config.cell_labels:
+    cell_labels = cell_labels or config.cell_labels
+    if cell_labels:
         where = str(Path(cells_dir) / "cells.parquet")
-        targets, given = apply_cell_labels(config.cell_labels, table, labels, list(probe.classes), where)
+        targets, given = apply_cell_labels(cell_labels, table, labels, list(probe.classes), where)
     unlabelled = (labels[train_rows].sum(1) == 0) & ~given[train_rows]
     if unlabelled.any():
         log.info("dropping %d training cells without labels", int(unlabelled.sum()))
@@ -381,6 +388,7 @@ def build_cell_data(cells_dir: str | os.PathLike, config: TrainConfig) -> TrainD
             "n_train_images": int(table["image_id"].iloc[train_rows].nunique()),
             "n_val_images": int(table["image_id"].iloc[val_rows].nunique()),
             "n_train_cells_with_cell_labels": int(given[train_rows].sum()),
+            "cell_labels": str(cell_labels) if cell_labels else None,
         },
     )
     image_codes = np.unique(table["image_id"].astype(str).to_numpy(), return_inverse=True)[1]

@@ -19,6 +19,12 @@ Layout of ``OUT``::
 
 A rerun with the same inputs and options reuses finished rounds (stamp); folds
 of an unfinished round resume from their ``last.pt``.
+
+Under torchrun/srun the fold models are shared out: rank ``r`` trains folds
+``r, r + world_size, ...``, each a single-process model on the rank's own device
+(the same model a single process trains: same seed, same data), and the ranks
+meet on the files (every fold's ``oof.npz``, then rank 0's labels file), so no
+process-group timeout bounds a fold's training time.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import io
 import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +113,22 @@ def refine_targets(
     return out
 
 
+def _wait_for(ready: Callable[[], bool], what: str, poll: float = 2.0) -> None:
+    """Block until ``ready()`` (another rank's output); a rank that fails ends the launch (torchrun,
+    ``srun --kill-on-bad-exit``), so there is no timeout here."""
+    t0 = last = time.monotonic()
+    while not ready():
+        if time.monotonic() - last > 60:
+            log.info("waiting %.0f s for %s", time.monotonic() - t0, what)
+            last = time.monotonic()
+        time.sleep(poll)
+
+
+def _read_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    z = np.load(path)
+    return z["rows"], z["probs"]
+
+
 def _fold_scores(
     cells_dir: Path, config: TrainConfig, fold: int, folder: Path
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -113,16 +137,15 @@ def _fold_scores(
 
     from hpacell.classifier.model import load_checkpoint
     from hpacell.classifier.training.data import build_cell_data, make_eval_loader
-    from hpacell.classifier.training.train import fit, predict, resolve_device
+    from hpacell.classifier.training.train import fit, launch_info, predict, resolve_device
 
     scores = folder / "oof.npz"
     if scores.is_file():
-        z = np.load(scores)
-        return z["rows"], z["probs"]
+        return _read_scores(scores)
     cfg = config.model_copy(update={"folds": config.refine_folds, "fold": fold, "refine_rounds": 0})
     data = build_cell_data(cells_dir, cfg)
-    fit(data, cfg, folder, resume=(folder / "last.pt").exists())
-    device = resolve_device(cfg.device)
+    fit(data, cfg, folder, resume=(folder / "last.pt").exists(), distributed=False)
+    device = resolve_device(cfg.device, launch_info().local_rank)
     model, _ = load_checkpoint(folder / "last.pt", device)
     with torch.no_grad():
         probs = predict(model, make_eval_loader(data.val, cfg), device, cfg)["probs"]
@@ -148,9 +171,11 @@ def relabel(
 
     from hpacell.cellcrops.dataset import CellDataset
     from hpacell.cellcrops.labels import TAXONOMIES, write_cell_targets
+    from hpacell.classifier.training.train import launch_info
     from hpacell.utils.files import write_json
     from hpacell.utils.outputs import check_stamp, file_digest, write_stamp
 
+    launch = launch_info()
     cells_dir, out = Path(cells_dir), Path(out_dir)
     rounds = max(1, rounds if rounds is not None else config.refine_rounds)
     probe = CellDataset(cells_dir)
@@ -176,11 +201,22 @@ def relabel(
             current = str(labels_path)
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        write_stamp(folder / "stamp.json", stamp)
+        if launch.is_main:
+            write_stamp(folder / "stamp.json", stamp)
         cfg = config.model_copy(update={"cell_labels": current})
+        for k in range(launch.rank, config.refine_folds, launch.world_size):  # this rank's folds
+            if launch.world_size > 1:
+                log.info("refine round %d: rank %d trains fold %d", r, launch.rank, k)
+            _fold_scores(cells_dir, cfg, k, folder / f"fold-{k}")
+        fold_scores = [folder / f"fold-{k}" / "oof.npz" for k in range(config.refine_folds)]
+        _wait_for(lambda fs=fold_scores: all(f.is_file() for f in fs), f"round {r}'s fold models (ranks)")
+        if not launch.is_main:  # rank 0 writes the round; the others wait for its labels file
+            _wait_for(labels_path.is_file, f"round {r}'s labels (rank 0)")
+            current = str(labels_path)
+            continue
         probs = np.full((len(table), len(classes)), np.nan, np.float32)
-        for k in range(config.refine_folds):
-            rows, p = _fold_scores(cells_dir, cfg, k, folder / f"fold-{k}")
+        for f in fold_scores:
+            rows, p = _read_scores(f)
             probs[rows] = p
         scored = np.isfinite(probs).all(1)
         # cells dropped from training (no labels) are never scored: they keep their labels
@@ -218,6 +254,10 @@ def relabel(
         log.info("refine round %d: %d of %d cells changed", r, summary["cells_changed"], len(table))
         current = str(labels_path)
     final = out / LABELS_FILE
-    shutil.copyfile(current, final.with_suffix(".tmp"))
-    os.replace(final.with_suffix(".tmp"), final)
+    if launch.is_main:
+        shutil.copyfile(current, final.with_suffix(".tmp"))
+        os.replace(final.with_suffix(".tmp"), final)
+    else:  # a final file of an earlier run with other rounds may be there: wait for this one's
+        want = file_digest(current)
+        _wait_for(lambda: final.is_file() and file_digest(final) == want, "the refined labels (rank 0)")
     return final

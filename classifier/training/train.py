@@ -88,45 +88,55 @@ class DistInfo:
         return self.rank == 0
 
 
-def launched_world_size(env: Mapping[str, str] | None = None) -> int:
-    """Processes of this launch: srun's ``SLURM_NTASKS`` (when torchrun set no ``RANK``), else
-    torchrun's ``WORLD_SIZE``, else 1.
+def launch_info(env: Mapping[str, str] | None = None) -> DistInfo:
+    """This process's place in its launch, without joining a group.
+
+    torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; srun's ``SLURM_PROCID`` /
+    ``SLURM_NTASKS`` / ``SLURM_LOCALID`` when torchrun set no ``RANK``; else one process.
 
     Examples
     --------
-    >>> launched_world_size({"SLURM_NTASKS": "2"}), launched_world_size({"WORLD_SIZE": "4", "RANK": "0"})
-    (2, 4)
+    >>> launch_info({"SLURM_NTASKS": "2", "SLURM_PROCID": "1"})
+    DistInfo(rank=1, world_size=2, local_rank=0, owns_group=False)
+    >>> launch_info({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}).world_size
+    4
     """
     env = os.environ if env is None else env
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in env:
-        return int(env["SLURM_NTASKS"])
-    return int(env.get("WORLD_SIZE", "1"))
+        return DistInfo(
+            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+        )
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
 
 
 def setup_distributed(device: str) -> DistInfo:
     """Join the process group when launched by torchrun or srun (several tasks); no-op otherwise."""
     env = os.environ
-    world = launched_world_size(env)
-    if world > 1 and "RANK" not in env:  # srun: its task variables in torchrun's names
-        env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
-        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    if world <= 1:
+    launch = launch_info(env)
+    if launch.world_size <= 1:
         return DistInfo()
+    if "RANK" not in env:  # srun: its task variables in torchrun's names
+        env["RANK"], env["WORLD_SIZE"] = str(launch.rank), str(launch.world_size)
+        env["LOCAL_RANK"] = str(launch.local_rank)
     import torch.distributed as dist
 
-    rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", "0"))
-    info = DistInfo(rank, world, local_rank, owns_group=not dist.is_initialized())
+    info = DistInfo(launch.rank, launch.world_size, launch.local_rank, owns_group=not dist.is_initialized())
     if info.owns_group:
         if "MASTER_ADDR" not in env:
             raise InputError(
-                f"{world} ranks but MASTER_ADDR is not set: launch with torchrun, or srun inside the "
-                "allocation of workflows/slurm/train_cells.sbatch (it exports MASTER_ADDR/MASTER_PORT)"
+                f"{info.world_size} ranks but MASTER_ADDR is not set: launch with torchrun, or srun inside "
+                "the allocation of workflows/slurm/train_cells.sbatch (it exports MASTER_ADDR/MASTER_PORT)"
             )
         dev = resolve_device(device, info.local_rank)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        log.info("rank %d of world_size=%d (local rank %d) on %s", info.rank, world, info.local_rank, dev)
+        log.info(
+            "rank %d of world_size=%d (local rank %d) on %s", info.rank, info.world_size, info.local_rank, dev
+        )
     return info
 
 
@@ -588,11 +598,14 @@ def fit(
     out_dir: str | os.PathLike,
     resume: bool = False,
     hooks: Sequence[Hook] = (),
+    distributed: bool = True,
 ) -> dict[str, Any]:
     """Train, validate and checkpoint every epoch; returns the summary (also ``summary.json``).
 
     ``hooks`` are called as ``hook(epoch, record)`` after each epoch's outputs
-    are written (tests use one to simulate a kill).
+    are written (tests use one to simulate a kill). Under torchrun/srun the ranks
+    train one model together (DDP); ``distributed=False`` trains this process's own
+    model on its local device (the fold models of label refinement).
     """
     out = Path(out_dir)
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
@@ -603,7 +616,9 @@ def fit(
         raise InputError(f"empty split: {len(data.train)} training and {len(data.val)} validation samples")
     out.mkdir(parents=True, exist_ok=True)
 
-    dist_info = setup_distributed(config.device)
+    dist_info = (
+        setup_distributed(config.device) if distributed else DistInfo(local_rank=launch_info().local_rank)
+    )
     device = resolve_device(config.device, dist_info.local_rank)
     seed_everything(config.seed + dist_info.rank, wants_deterministic(config, device))
     model = build_model(config, data).to(device)
@@ -782,16 +797,12 @@ def train_cells(
     >>> summary = train_cells("run/cells", "run/cls", TrainConfig(model="resnet18"))  # doctest: +SKIP
     """
     config = config if config is not None else TrainConfig()
+    labels = None
     if config.refine_rounds > 0:  # label refinement first (README: "Weak supervision")
-        from hpacell.classifier.training.refine import relabel
+        from hpacell.classifier.training.refine import LABELS_FILE, relabel
 
-        if launched_world_size() > 1:  # every rank would refine into one folder
-            raise InputError(
-                "refine_rounds > 0 is not run under torchrun/srun (one process per GPU): refine first "
-                "with `hpacell relabel CELLS --out REFINE`, then train with "
-                "--cell-labels REFINE/cell_labels.parquet"
-            )
-
-        labels = relabel(cells_dir, Path(out_dir) / "refine", config)
-        config = config.model_copy(update={"cell_labels": str(labels)})
-    return fit(build_cell_data(cells_dir, config), config, out_dir, resume=resume)
+        labels = Path(out_dir) / "refine" / LABELS_FILE
+        if not (resume and labels.is_file() and (Path(out_dir) / "last.pt").is_file()):
+            labels = relabel(cells_dir, Path(out_dir) / "refine", config)
+        # else: the resumed run keeps the targets it started with (e.g. more --epochs)
+    return fit(build_cell_data(cells_dir, config, cell_labels=labels), config, out_dir, resume=resume)

@@ -13,7 +13,6 @@ from hpacell.classifier.training.losses import mil_loss, pool_logits
 from hpacell.classifier.training.refine import refine_targets, relabel
 from hpacell.classifier.training.samplers import ImageBatchSampler
 from hpacell.classifier.training.train import train_cells
-from hpacell.utils.errors import InputError
 
 CLASSES = ["a", "b", "c"]
 
@@ -172,11 +171,13 @@ def test_relabel_writes_a_file_that_round_trips_and_is_reused(tmp_path, make_cel
     np.testing.assert_array_equal(read_cell_targets(path2, CLASSES).targets, ct.targets)
 
 
-@pytest.mark.parametrize("launcher", ["WORLD_SIZE", "SLURM_NTASKS"])  # torchrun, srun
-def test_refinement_inside_a_distributed_run_is_refused(tmp_path, make_cells, monkeypatch, launcher):
-    cells = make_cells(tmp_path / "cells")
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.setenv(launcher, "2")
-    with pytest.raises(InputError, match="hpacell relabel"):
-        train_cells(cells, tmp_path / "run", tiny_config(refine_rounds=1))
-    assert not (tmp_path / "run").exists()
+def test_resuming_a_refined_run_keeps_its_targets(tmp_path, make_cells):
+    """More --epochs on a refined run resumes on the labels it started with; no round is redone."""
+    cells, run = make_cells(tmp_path / "cells"), tmp_path / "run"
+    train_cells(cells, run, tiny_config(refine_rounds=1, refine_folds=2))
+    labels = run / "refine" / "cell_labels.parquet"
+    before = labels.read_bytes(), labels.stat().st_mtime_ns
+    train_cells(cells, run, tiny_config(refine_rounds=1, refine_folds=2, epochs=2), resume=True)
+    assert (labels.read_bytes(), labels.stat().st_mtime_ns) == before
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from hpacell.workflows.cli import app
@@ -49,3 +50,32 @@ def test_relabel_then_train_on_its_file(tmp_path, weak_cells):
     train = ["train-cells", str(cells), "--out", str(tmp_path / "run"), *BASE, "--cell-labels"]
     r = run(app, [*train, str(out / "cell_labels.parquet")])
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.slow
+def test_relabel_under_torchrun_shares_out_the_folds_and_matches_one_process(tmp_path, weak_cells):
+    """2 CPU ranks: each trains one fold model, rank 0 writes; the labels equal a single process's."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    cells = weak_cells(tmp_path / "cells", n_img=8, per=3)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_NTASKS")}
+    env["OMP_NUM_THREADS"] = "1"  # the same float reductions in both runs
+    cli = ["-m", "hpacell.workflows.cli", "relabel", str(cells), *BASE, "--refine-folds", "2"]
+    one = subprocess.run(
+        [sys.executable, *cli, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two = subprocess.run(
+        [*launch, *cli, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
+    assert "rank 1 trains fold 1" in two.stderr and "rank 0 trains fold 0" in two.stderr
+    a = pd.read_parquet(tmp_path / "one" / "cell_labels.parquet")
+    b = pd.read_parquet(tmp_path / "two" / "cell_labels.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    assert json.loads(two.stdout.strip().splitlines()[-1])["cells"] == 24

@@ -56,12 +56,12 @@ def command(
 ) -> None:
     from hpacell.classifier.training.config import TrainConfig
     from hpacell.classifier.training.refine import relabel
-    from hpacell.utils.outputs import claim_folder
     from hpacell.workflows.config import resolve_run_config, save_config
+    from hpacell.workflows.launch import claim_for_launch
 
     flags = config_overrides({k: v for k, v in locals().items() if k in TrainConfig.model_fields})
     cfg = resolve_run_config(TrainConfig, config, out, False, flags, check_new_run=False)
-    claim_folder(out, "relabel")
+    claim_for_launch(out, "relabel")
     save_config(cfg, out / "config.yaml")
     path = relabel(cells, out, cfg, rounds)
     summary = json.loads((out / f"round-{rounds}" / "summary.json").read_text())

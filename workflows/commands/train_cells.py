@@ -95,14 +95,14 @@ def command(
 ) -> None:
     from hpacell.classifier.training.config import TrainConfig
     from hpacell.classifier.training.train import check_resume, train_cells
-    from hpacell.utils.outputs import claim_folder
     from hpacell.workflows.config import resolve_run_config, save_config
+    from hpacell.workflows.launch import claim_for_launch
 
     flags = config_overrides({k: v for k, v in locals().items() if k in TrainConfig.model_fields})
     cfg = resolve_run_config(TrainConfig, config, out, resume, flags, check_new_run=not find_lr)
     if resume:
         check_resume(out, cfg)  # before anything is written: last.pt and the new options must agree
-    claim_folder(out, "train-cells", legacy=["last.pt"])  # only a new, empty or own run folder
+    claim_for_launch(out, "train-cells", legacy=["last.pt"])  # only a new, empty or own run folder
     if find_lr:
         from hpacell.classifier.training.data import build_cell_data
         from hpacell.classifier.training.lr_finder import lr_find
