@@ -56,13 +56,17 @@ def command(
 ) -> None:
     from hpacell.classifier.training.config import TrainConfig
     from hpacell.classifier.training.refine import relabel
+    from hpacell.classifier.training.train import launch_info
     from hpacell.workflows.config import resolve_run_config, save_config
     from hpacell.workflows.launch import claim_for_launch
 
     flags = config_overrides({k: v for k, v in locals().items() if k in TrainConfig.model_fields})
     cfg = resolve_run_config(TrainConfig, config, out, False, flags, check_new_run=False)
     claim_for_launch(out, "relabel")
-    save_config(cfg, out / "config.yaml")
+    main = launch_info().is_main  # under torchrun/srun rank 0 writes the config and prints the summary
+    if main:
+        save_config(cfg, out / "config.yaml")
     path = relabel(cells, out, cfg, rounds)
-    summary = json.loads((out / f"round-{rounds}" / "summary.json").read_text())
-    typer.echo(json.dumps({**summary, "labels_file": str(path)}))
+    if main:
+        summary = json.loads((out / f"round-{rounds}" / "summary.json").read_text())
+        typer.echo(json.dumps({**summary, "labels_file": str(path)}))
