@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,14 @@ def claim_for_launch(folder: str | os.PathLike, command: str, timeout: float = 6
     marker sees a non-empty, unmarked folder and refuses it. One process (no launch) claims itself.
     """
     from hpacell.classifier.training.train import launch_info
+    from hpacell.utils.files import wait_until
     from hpacell.utils.outputs import claim_folder, folder_owner
 
     if launch_info().is_main:
         return claim_folder(folder, command, **kw)
-    folder, t0 = Path(folder), time.monotonic()
-    while not (folder.is_dir() and folder_owner(folder) == command):  # rank 0's claim (or its error)
-        if time.monotonic() - t0 > timeout:
-            raise InputError(f"{folder}: rank 0 did not claim it for 'hpacell {command}' in {timeout:.0f} s")
-        time.sleep(0.2)
+    folder = Path(folder)
+    if not wait_until(
+        lambda: folder.is_dir() and folder_owner(folder) == command, "rank 0's claim", timeout, 0.2
+    ):
+        raise InputError(f"{folder}: rank 0 did not claim it for 'hpacell {command}' in {timeout:.0f} s")
     return folder

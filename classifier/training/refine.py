@@ -33,15 +33,13 @@ import io
 import logging
 import os
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpacell.classifier.training.config import TrainConfig
-from hpacell.utils.files import atomic_write_bytes
+from hpacell.utils.files import atomic_write_bytes, wait_until
 from hpacell.utils.tables import write_parquet
 
 log = logging.getLogger(__name__)
@@ -111,17 +109,6 @@ def refine_targets(
     if mix < 1.0:
         out = (mix * out + (1.0 - mix) * y).astype(np.float32)
     return out
-
-
-def _wait_for(ready: Callable[[], bool], what: str, poll: float = 2.0) -> None:
-    """Block until ``ready()`` (another rank's output); a rank that fails ends the launch (torchrun,
-    ``srun --kill-on-bad-exit``), so there is no timeout here."""
-    t0 = last = time.monotonic()
-    while not ready():
-        if time.monotonic() - last > 60:
-            log.info("waiting %.0f s for %s", time.monotonic() - t0, what)
-            last = time.monotonic()
-        time.sleep(poll)
 
 
 def _read_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -209,9 +196,10 @@ def relabel(
                 log.info("refine round %d: rank %d trains fold %d", r, launch.rank, k)
             _fold_scores(cells_dir, cfg, k, folder / f"fold-{k}")
         fold_scores = [folder / f"fold-{k}" / "oof.npz" for k in range(config.refine_folds)]
-        _wait_for(lambda fs=fold_scores: all(f.is_file() for f in fs), f"round {r}'s fold models (ranks)")
+        # a rank that fails ends the launch (torchrun, srun --kill-on-bad-exit): no timeout here
+        wait_until(lambda fs=fold_scores: all(f.is_file() for f in fs), f"round {r}'s fold models (ranks)")
         if not launch.is_main:  # rank 0 writes the round; the others wait for its labels file
-            _wait_for(labels_path.is_file, f"round {r}'s labels (rank 0)")
+            wait_until(labels_path.is_file, f"round {r}'s labels (rank 0)")
             current = str(labels_path)
             continue
         probs = np.full((len(table), len(classes)), np.nan, np.float32)
@@ -259,5 +247,5 @@ def relabel(
         os.replace(final.with_suffix(".tmp"), final)
     else:  # a final file of an earlier run with other rounds may be there: wait for this one's
         want = file_digest(current)
-        _wait_for(lambda: final.is_file() and file_digest(final) == want, "the refined labels (rank 0)")
+        wait_until(lambda: final.is_file() and file_digest(final) == want, "the refined labels (rank 0)")
     return final

@@ -8,12 +8,16 @@ next run), never a truncated output.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 __all__ = ["atomic_file", "atomic_path", "atomic_write_bytes", "clean_stale_temps", "write_json"]
 
@@ -101,3 +105,27 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Pat
     '{"x": 1}\\n'
     """
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def wait_until(ready: Callable[[], bool], what: str, timeout: float | None = None, poll: float = 2.0) -> bool:
+    """Block until ``ready()`` holds (another process's output, e.g. rank 0's file); logs every minute.
+
+    Returns ``False`` when ``timeout`` seconds passed first (``None``: wait for good).
+
+    Examples
+    --------
+    >>> wait_until(lambda: True, "nothing")
+    True
+    >>> wait_until(lambda: False, "never", timeout=0.05, poll=0.01)
+    False
+    """
+    t0 = last = time.monotonic()
+    while not ready():
+        now = time.monotonic()
+        if timeout is not None and now - t0 > timeout:
+            return False
+        if now - last > 60:
+            log.info("waiting %.0f s for %s", now - t0, what)
+            last = now
+        time.sleep(poll)
+    return True
