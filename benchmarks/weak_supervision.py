@@ -54,6 +54,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "refine_keep_negative": {**HARD, "refine_negative": False},  # no cell made Negative
     "refine2_soft": {**HARD, "refine_rounds": 2, "refine_rule": "soft"},  # round 2 learns round 1's targets
     "refine_soft_mix": {**HARD, "refine_rule": "soft", "refine_mix": 0.5},  # = --refine-rounds 1 (defaults)
+    "refine_soft_mix03": {**HARD, "refine_rule": "soft", "refine_mix": 0.3},  # nearer the inherited labels
+    "refine_soft_mix07": {**HARD, "refine_rule": "soft", "refine_mix": 0.7},  # nearer the refined targets
     "refine_mil": {**HARD, "weak_loss": "mil"},  # fold models only (see run_method)
     "truth": {},  # cell_labels = synth's cells.csv
 }
